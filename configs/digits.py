@@ -1,0 +1,29 @@
+"""scikit-learn's 8x8 digits, tasks = the 10 classes.
+
+Variants: ``--config configs/digits.py`` (the demo: a few minutes on 2 CPU
+cores) and ``--config configs/digits.py:tiny`` (seconds; used by the tests).
+Override any field with ``--config.a.b=value``.
+"""
+
+from ml_collections import ConfigDict
+
+from projectable.config_lib import base_config, parse_variant
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  variant = parse_variant(arg, ("default", "tiny"))
+  c = base_config()
+  c.data.name = "digits"  # scikit-learn's bundled digits: 1797 images, no download.
+  c.data.levels = 17  # Intensities 0..16 kept exactly.
+  if variant == "tiny":
+    c.train.num_steps = 6
+    c.train.examples_per_task = 4
+    c.train.warmup_steps = 2
+    c.train.eval_every = 3
+    c.train.log_every = 1
+    c.train.checkpoint_every = 3
+    c.model.update(d=32, heads=4, mlp_dim=64, depth=2)
+    c.small.update(d=16, heads=2, mlp_dim=32, depth=2)
+    c.projector.rank = 2
+    c.samples.num_per_task = 4
+  return c

@@ -1,0 +1,29 @@
+r"""Trains one mode of projectable.
+
+  python launch/train.py --config=configs/digits.py --workdir=/tmp/digits
+  python launch/train.py --config=configs/digits.py:tiny --workdir=/tmp/t \
+      --config.mode=universal --config.train.num_steps=20
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from projectable import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

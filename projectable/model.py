@@ -1,0 +1,223 @@
+"""One decoder-only Transformer over pixel tokens, used at two widths.
+
+The source model, the universal baseline and every small specialist are this
+module. Blocks are stored stacked (a leading ``layers`` axis) and run with
+``lax.scan``, so compile time does not grow with depth and a projector can map
+all layers with one batched contraction.
+
+Position 0 carries the task: a learned start embedding mixed by a task
+descriptor (weights over classes) for conditional models, or a single learned
+start embedding for an unconditional specialist. Logits at position i predict
+pixel i; the input at position i > 0 is pixel i - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one Transformer (source or small)."""
+
+  vocab_size: int  # Quantisation levels of a pixel.
+  seq_len: int  # Pixels per image (all channels).
+  num_classes: int  # Width of the task descriptor; 0 = unconditional specialist.
+  d: int  # Residual width.
+  heads: int  # Attention heads; head_dim = d // heads.
+  mlp_dim: int  # MLP hidden width.
+  depth: int  # Number of blocks.
+  dropout: float = 0.0  # Residual and embedding dropout rate in training.
+
+  @property
+  def head_dim(self) -> int:
+    return self.d // self.heads
+
+  @property
+  def num_starts(self) -> int:
+    return max(self.num_classes, 1)
+
+
+def _param(key: jax.Array, shape: tuple[int, ...], axes: tuple, std: float | None) -> nnx.Param:
+  """A parameter with logical axis names; std None means ones, 0.0 means zeros."""
+  if std is None:
+    value = jnp.ones(shape, jnp.float32)
+  elif std == 0.0:
+    value = jnp.zeros(shape, jnp.float32)
+  else:
+    value = std * jax.random.normal(key, shape, jnp.float32)
+  return nnx.Param(value, axes=axes)
+
+
+class Blocks(nnx.Module):
+  """``depth`` pre-LN blocks (causal attention + GELU MLP) with stacked weights."""
+
+  def __init__(self, cfg: ModelConfig, key: jax.Array):
+    n, d, a, f = cfg.depth, cfg.d, cfg.heads * cfg.head_dim, cfg.mlp_dim
+    ks = jax.random.split(key, 6)
+    out_std = 0.02 / math.sqrt(2 * n)
+    self.ln1_scale = _param(ks[0], (n, d), ("layers", "embed"), None)
+    self.ln1_bias = _param(ks[0], (n, d), ("layers", "embed"), 0.0)
+    self.wq = _param(ks[0], (n, d, a), ("layers", "embed", "heads"), 0.02)
+    self.wk = _param(ks[1], (n, d, a), ("layers", "embed", "heads"), 0.02)
+    self.wv = _param(ks[2], (n, d, a), ("layers", "embed", "heads"), 0.02)
+    self.wo = _param(ks[3], (n, a, d), ("layers", "heads", "embed"), out_std)
+    self.ln2_scale = _param(ks[0], (n, d), ("layers", "embed"), None)
+    self.ln2_bias = _param(ks[0], (n, d), ("layers", "embed"), 0.0)
+    self.w1 = _param(ks[4], (n, d, f), ("layers", "embed", "mlp"), 0.02)
+    self.b1 = _param(ks[4], (n, f), ("layers", "mlp"), 0.0)
+    self.w2 = _param(ks[5], (n, f, d), ("layers", "mlp", "embed"), out_std)
+    self.b2 = _param(ks[5], (n, d), ("layers", "embed"), 0.0)
+    self.heads = cfg.heads
+    self.dropout = cfg.dropout
+
+  def layer_weights(self) -> dict[str, jax.Array]:
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+  def __call__(self, x_BxLxD: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
+    weights = self.layer_weights()
+    depth = weights["wq"].shape[0]
+    keys = jax.random.split(dropout_key, depth) if dropout_key is not None else None
+
+    def body(x, layer):
+      w, key = layer
+      k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
+      x = x + dropout(attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"]), w, self.heads),
+                      self.dropout, k_attn)
+      x = x + dropout(mlp(layer_norm(x, w["ln2_scale"], w["ln2_bias"]), w), self.dropout, k_mlp)
+      return x, None
+
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (weights, keys))
+    return x_BxLxD
+
+
+class Transformer(nnx.Module):
+  """Decoder-only Transformer; ``__call__`` returns next-pixel logits."""
+
+  def __init__(self, cfg: ModelConfig, key: jax.Array):
+    self.cfg = cfg
+    ks = jax.random.split(key, 5)
+    d, v = cfg.d, cfg.vocab_size
+    self.token_embed = _param(ks[0], (v, d), ("vocab", "embed"), 0.02)
+    self.pos_embed = _param(ks[1], (cfg.seq_len, d), (None, "embed"), 0.02)
+    self.start_embed = _param(ks[2], (cfg.num_starts, d), (None, "embed"), 0.02)
+    self.blocks = Blocks(cfg, ks[3])
+    self.final_ln_scale = _param(ks[4], (d,), ("embed",), None)
+    self.final_ln_bias = _param(ks[4], (d,), ("embed",), 0.0)
+    self.unembed = _param(ks[4], (d, v), ("embed", "vocab"), 0.02)
+    self.unembed_bias = _param(ks[4], (v,), ("vocab",), 0.0)
+
+  def embed(self, tokens_BxL: jax.Array, task_BxC: jax.Array | None) -> jax.Array:
+    """Start embedding followed by the embeddings of all but the last pixel."""
+    batch = tokens_BxL.shape[0]
+    start_SxD = self.start_embed[...]
+    if self.cfg.num_classes:
+      if task_BxC is None:
+        raise ValueError("a conditional model needs a task descriptor (B, num_classes)")
+      start_BxD = task_BxC @ start_SxD
+    else:
+      start_BxD = jnp.broadcast_to(start_SxD, (batch, start_SxD.shape[1]))
+    prev_BxLxD = jnp.take(self.token_embed[...], tokens_BxL[:, :-1], axis=0)
+    x_BxLxD = jnp.concatenate([start_BxD[:, None, :], prev_BxLxD], axis=1)
+    return x_BxLxD + self.pos_embed[...][None, : tokens_BxL.shape[1]]
+
+  def __call__(
+      self,
+      tokens_BxL: jax.Array,
+      task_BxC: jax.Array | None = None,
+      dropout_key: jax.Array | None = None,
+  ) -> jax.Array:
+    k_embed, k_blocks = (
+        jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    )
+    x_BxLxD = dropout(self.embed(tokens_BxL, task_BxC), self.cfg.dropout, k_embed)
+    x_BxLxD = self.blocks(x_BxLxD, k_blocks)
+    x_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...])
+    logits_BxLxV = x_BxLxD @ self.unembed[...]
+    return logits_BxLxV + lead(self.unembed_bias[...], logits_BxLxV)
+
+
+def lead(v_D: jax.Array, x: jax.Array) -> jax.Array:
+  """``v_D`` with leading unit axes to match ``x``'s rank (explicit broadcasting)."""
+  return v_D.reshape((1,) * (x.ndim - v_D.ndim) + v_D.shape)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * lead(scale, x) + lead(bias, x)
+
+
+def split_heads(x_BxLxA: jax.Array, heads: int) -> jax.Array:
+  b, l, a = x_BxLxA.shape
+  return x_BxLxA.reshape(b, l, heads, a // heads)
+
+
+def attention(x_BxLxD: jax.Array, w: dict[str, jax.Array], heads: int) -> jax.Array:
+  """Causal multi-head self-attention of one layer's weights ``w``."""
+  q, k, v = (split_heads(x_BxLxD @ w[n], heads) for n in ("wq", "wk", "wv"))
+  o_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  b, l, h, k_dim = o_BxLxHxK.shape
+  return o_BxLxHxK.reshape(b, l, h * k_dim) @ w["wo"]
+
+
+def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array]) -> jax.Array:
+  h_BxLxF = jax.nn.gelu(x_BxLxD @ w["w1"] + lead(w["b1"], x_BxLxD))
+  return h_BxLxF @ w["w2"] + lead(w["b2"], x_BxLxD)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when ``key`` is None (evaluation) or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def token_nll(logits_BxLxV: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+  """Per-pixel negative log-likelihood in nats, shape (B, L)."""
+  logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, tokens_BxL[..., None], axis=-1)[..., 0]
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
+  """Fresh weights as a plain nested dict (the functional form used in training)."""
+  return nnx.to_pure_dict(nnx.state(Transformer(cfg, key)))
+
+
+@functools.lru_cache(maxsize=64)
+def logical_axes(cfg: ModelConfig) -> dict:
+  """Logical axis names of every weight, same tree as ``init_params``."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, jax.random.key(0)))
+  state = nnx.state(model)
+  return nnx.to_pure_dict(
+      jax.tree.map(lambda v: v.get_metadata()["axes"], state,
+                   is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+@functools.lru_cache(maxsize=64)
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+  return nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, jax.random.key(0))))
+
+
+def apply(
+    cfg: ModelConfig,
+    params: dict,
+    tokens_BxL: jax.Array,
+    task_BxC: jax.Array | None = None,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+  """Runs the model whose weights are the plain dict ``params``; returns logits."""
+  return nnx.merge(graphdef(cfg), params)(tokens_BxL, task_BxC, dropout_key)
+
+
+def num_params(params: dict) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,162 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop of every mode.
+
+Resumes from the latest checkpoint in ``workdir``; evaluates validation and
+test bits/dim every ``train.eval_every`` steps, keeps the best-on-validation
+weights, and at the end writes ``eval/metrics.json``, pictures, specialists
+(``export/<task>/``) and samples (``samples/<task>.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from projectable import artifacts, checkpointing, config_lib
+from projectable import data as data_lib
+from projectable import sharding
+from projectable.modes import make_method
+from projectable.trainer import LN2, Trainer
+
+
+def _scalars(prefix: str, evaluation: dict) -> dict[str, float]:
+  out = {}
+  for name, bpd in evaluation.items():
+    out[f"{prefix}/{name}_bits_per_dim"] = bpd["mean"]
+    for task, value in bpd["per_task"].items():
+      out[f"{prefix}/{name}_bits_per_dim/{task}"] = value
+  return out
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  for name, value in metrics.items():
+    if not math.isfinite(value):
+      raise FloatingPointError(
+          f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
+          "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
+          "rerun to resume from the last good checkpoint.")
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config.mode`` in ``workdir`` (resuming if possible); returns eval/metrics.json."""
+  config_lib.validate(config)
+  data = data_lib.load(config.data)
+  if config.train.batch_tasks > data.num_tasks:
+    raise ValueError(f"config.train.batch_tasks={config.train.batch_tasks} exceeds the "
+                     f"{data.num_tasks} tasks of dataset {data.name!r}")
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    method = make_method(config, data)
+    trainer = Trainer(config, method, mesh)
+    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+    write_config(config, workdir)
+    try:
+      state = _train(config, data, trainer, ckpts, workdir)
+      return _finish(config, data, trainer, ckpts, state, workdir)
+    finally:
+      ckpts.close()
+
+
+def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, workdir: str):
+  train = config.train
+  latest = ckpts.latest_step()
+  if latest is None:
+    state = trainer.init_state(jax.random.key(config.seed))
+  else:
+    logging.info("Resuming from checkpoint at step %d in %s", latest, workdir)
+    state = ckpts.restore_state(trainer.abstract_state)
+  start = int(state["step"])
+  best = ckpts.best_metrics()
+  best_val = best["val_bits_per_dim"]["mean"] if best else math.inf
+  batcher = data_lib.TaskBatcher(data, train.batch_tasks, train.examples_per_task, config.seed)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
+  t0, last_log = time.time(), start
+  for step in range(start + 1, train.num_steps + 1):
+    state, metrics = trainer.train_step(state, trainer.place_batch(batcher.batch(step - 1)))
+    report(step, time.time())
+    last = step == train.num_steps
+    if step % train.log_every == 0 or last:
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(step, scalars)
+      scalars["train/bits_per_dim"] = scalars["nll"] / LN2
+      scalars["steps_per_s"] = (step - last_log) / max(time.time() - t0, 1e-9)
+      t0, last_log = time.time(), step
+      writer.write_scalars(step, scalars)
+    if step % train.eval_every == 0 or last:
+      val = trainer.evaluate(state["params"], data, data.val)
+      test = trainer.evaluate(state["params"], data, data.test)
+      writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
+      logging.info("step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"],
+                   test["main"]["mean"])
+      if val["main"]["mean"] < best_val:
+        best_val = val["main"]["mean"]
+        ckpts.save_best(step, state["params"], {
+            "step": step, "val_bits_per_dim": val["main"], "test_bits_per_dim": test["main"],
+            "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"}})
+    if step % train.checkpoint_every == 0 or last:
+      ckpts.save_state(step, state)
+  ckpts.wait()
+  writer.flush()
+  return state
+
+
+def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
+  """Writes eval/metrics.json, pictures, specialists and samples from the best weights."""
+  best = ckpts.best_metrics()
+  params = ckpts.restore_best_params(trainer.abstract_state["params"])
+  final_test = trainer.evaluate(state["params"], data, data.test)
+  metrics = {
+      "mode": config.mode,
+      "dataset": data.name,
+      "step": best["step"],
+      "bits_per_dim": best["test_bits_per_dim"],
+      "val_bits_per_dim": best["val_bits_per_dim"],
+      "final_step": {"step": int(state["step"]), "bits_per_dim": final_test["main"]},
+      "num_params": trainer.method.num_params(params),
+  }
+  for name, bpd in best["extra_test_bits_per_dim"].items():
+    metrics[f"{name}_bits_per_dim"] = bpd
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+    artifacts.write_pictures(config, data, trainer.method, params, metrics, workdir)
+    artifacts.export_specialists(data, trainer.method, params, metrics, workdir)
+  logging.info("best step %d: test %.4f bits/dim", metrics["step"],
+               metrics["bits_per_dim"]["mean"])
+  return metrics
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str,
+                   step: int | None = None) -> tuple:
+  """(method, params, data) from a workdir: the best weights, or the state at ``step``."""
+  data = data_lib.load(config.data)
+  method = make_method(config, data)
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    trainer = Trainer(config, method, mesh)
+    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+    try:
+      if step is None:
+        params = ckpts.restore_best_params(trainer.abstract_state["params"])
+      else:
+        params = ckpts.restore_state(trainer.abstract_state, step)["params"]
+    finally:
+      ckpts.close()
+  return method, params, data
+

@@ -1,0 +1,114 @@
+"""The optimizer, the jitted train step and the jitted per-task evaluation.
+
+Built once per run: every function is a single ``jax.jit`` with explicit input
+and output shardings over the run's mesh; the train step donates its state.
+The train state is a plain dict ``{"step", "params", "opt_state"}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from projectable import data as data_lib
+from projectable import sharding
+from projectable.modes import Method
+
+LN2 = math.log(2.0)
+
+
+def build_optimizer(train: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, train.learning_rate, train.warmup_steps, train.num_steps, end_value=0.0)
+  adamw = optax.chain(
+      optax.clip_by_global_norm(train.grad_clip),
+      optax.adamw(schedule, weight_decay=train.weight_decay,
+                  mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+  labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+  return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+
+
+class Trainer:
+  """A mode's state initialisation, train step and evaluation, sharded over ``mesh``."""
+
+  def __init__(self, config: ml_collections.ConfigDict, method: Method, mesh: Mesh):
+    self.config = config
+    self.method = method
+    self.mesh = mesh
+    rules = dict(config.sharding.rules)
+    self.optimizer = build_optimizer(config.train, method.trainable())
+    self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
+    abstract_params = jax.eval_shape(method.init, jax.random.key(0))
+    sharding.check_divisible(abstract_params, self.param_shardings)
+    abstract_opt = jax.eval_shape(self.optimizer.init, abstract_params)
+    replicated = sharding.replicated(mesh)
+    opt_shardings = optax.tree_map_params(
+        self.optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
+        transform_non_params=lambda _: replicated)
+    self.state_shardings = {"step": replicated, "params": self.param_shardings,
+                            "opt_state": opt_shardings}
+    self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
+    data_axis = rules.get("batch")
+    self.batch_shardings = {
+        "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
+        "task_id": replicated, "task": replicated}
+    eval_shardings = {"tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
+                      "mask": NamedSharding(mesh, PartitionSpec(None, data_axis))}
+    self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self.train_step = jax.jit(
+        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self._eval = jax.jit(
+        self._eval_chunk,
+        in_shardings=(self.param_shardings, eval_shardings, replicated, replicated),
+        out_shardings=replicated)
+
+  def _init_state(self, key: jax.Array) -> dict:
+    params = self.method.init(key)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": self.optimizer.init(params)}
+
+  def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    key = jax.random.fold_in(jax.random.key(self.config.seed), state["step"])
+    grad_fn = jax.value_and_grad(self.method.loss, has_aux=True)
+    (loss, metrics), grads = grad_fn(state["params"], batch, key)
+    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  def _eval_chunk(self, params: dict, chunk: dict, task_ids_T: jax.Array,
+                  tasks_TxC: jax.Array) -> dict[str, jax.Array]:
+    nll = jax.vmap(self.method.task_nll, in_axes=(None, 0, 0, 0))(
+        params, chunk["tokens"], task_ids_T, tasks_TxC)
+    return {name: (v * chunk["mask"]).sum(1) for name, v in nll.items()}
+
+  def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return jax.device_put(batch, self.batch_shardings)
+
+  def evaluate(self, params: dict, data: data_lib.TaskData,
+               split: data_lib.Split) -> dict[str, dict[str, float]]:
+    """Bits/dim per task of every scored model ('main', and 'source' in projectable mode)."""
+    task_ids = jnp.arange(data.num_tasks, dtype=jnp.int32)
+    tasks = jnp.asarray(data.task_descriptors())
+    totals: dict[str, np.ndarray] = {}
+    count = np.zeros(data.num_tasks)
+    for chunk in data_lib.eval_arrays(data, split, self.config.train.eval_chunk):
+      sums = self._eval(params, chunk, task_ids, tasks)
+      for name, value in sums.items():
+        totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
+      count += chunk["mask"].sum(1)
+    return {name: bits_per_dim(total / count, data.task_names) for name, total in totals.items()}
+
+
+def bits_per_dim(nll_T: np.ndarray, task_names: tuple[str, ...]) -> dict:
+  """{"mean", "per_task"} from per-task mean per-pixel NLLs in nats."""
+  per_task = {name: float(v / LN2) for name, v in zip(task_names, nll_T, strict=True)}
+  return {"mean": float(np.mean(list(per_task.values()))), "per_task": per_task}
