@@ -25,8 +25,10 @@ LN2 = math.log(2.0)
 
 def build_optimizer(train: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
   """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
+  # Warmup starts one step in, so that the very first step already learns.
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, train.learning_rate, train.warmup_steps, train.num_steps, end_value=0.0)
+      train.learning_rate / (train.warmup_steps + 1), train.learning_rate, train.warmup_steps,
+      train.num_steps, end_value=0.0)
   adamw = optax.chain(
       optax.clip_by_global_norm(train.grad_clip),
       optax.adamw(schedule, weight_decay=train.weight_decay,
@@ -49,9 +51,7 @@ class Trainer:
     sharding.check_divisible(abstract_params, self.param_shardings)
     abstract_opt = jax.eval_shape(self.optimizer.init, abstract_params)
     replicated = sharding.replicated(mesh)
-    opt_shardings = optax.tree_map_params(
-        self.optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
-        transform_non_params=lambda _: replicated)
+    opt_shardings = _like_params(abstract_opt, abstract_params, self.param_shardings, replicated)
     self.state_shardings = {"step": replicated, "params": self.param_shardings,
                             "opt_state": opt_shardings}
     self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
@@ -81,7 +81,7 @@ class Trainer:
     (loss, metrics), grads = grad_fn(state["params"], batch, key)
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
   def _eval_chunk(self, params: dict, chunk: dict, task_ids_T: jax.Array,
@@ -106,6 +106,25 @@ class Trainer:
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
       count += chunk["mask"].sum(1)
     return {name: bits_per_dim(total / count, data.task_names) for name, total in totals.items()}
+
+
+def _like_params(tree, params: dict, param_shardings: dict, default: NamedSharding):
+  """Shardings for optimizer state: a leaf whose key path ends with a weight's path and
+  has its shape (Adam's moments) is sharded like that weight; anything else is replicated."""
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree.leaves(param_shardings), strict=True):
+    by_path[tuple(k.key for k in path)] = (p.shape, s)
+
+  def pick(path, leaf):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for start in range(len(keys)):
+      shape, s = by_path.get(keys[start:], (None, None))
+      if shape == leaf.shape:
+        return s
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def bits_per_dim(nll_T: np.ndarray, task_names: tuple[str, ...]) -> dict:

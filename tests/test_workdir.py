@@ -1,0 +1,59 @@
+"""End to end on the tiny digits config: artifacts, resume, continuation."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from PIL import Image
+
+from projectable import train
+
+
+def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  metrics = train.train_and_evaluate(tiny_config, workdir)
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == json.loads(json.dumps(metrics))
+  assert on_disk["mode"] == "projectable" and on_disk["dataset"] == "digits"
+  assert on_disk["step"] in (3, 6)  # Best of the two evaluations, chosen on validation.
+  per_task = on_disk["bits_per_dim"]["per_task"]
+  assert sorted(per_task) == [str(c) for c in range(10)]
+  assert np.isclose(on_disk["bits_per_dim"]["mean"], np.mean(list(per_task.values())))
+  assert 0 < on_disk["bits_per_dim"]["mean"] < np.log2(17) + 0.5
+  assert on_disk["num_params"]["small"] < on_disk["num_params"]["source"]
+  for task in per_task:
+    assert os.path.exists(os.path.join(workdir, "export", task, "config.json"))
+    with Image.open(os.path.join(workdir, "samples", f"{task}.png")) as image:
+      assert image.format == "PNG"
+  assert os.path.exists(os.path.join(workdir, "eval", "bits_per_dim.png"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+
+def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_config):
+  tiny_config.train.eval_every = 100  # Evaluate at the end only.
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config, straight)
+  train.train_and_evaluate(tiny_config, resumed)
+  # Simulate a crash after the step-3 checkpoint: drop everything written later.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+  shutil.rmtree(os.path.join(resumed, "best"))
+  metrics = train.train_and_evaluate(tiny_config, resumed)
+  _, params_straight, _ = train.restore_params(tiny_config, straight, step=6)
+  _, params_resumed, _ = train.restore_params(tiny_config, resumed, step=6)
+  jax.tree.map(np.testing.assert_array_equal, params_straight, params_resumed)
+  with open(os.path.join(straight, "eval", "metrics.json")) as f:
+    assert json.load(f)["bits_per_dim"] == metrics["bits_per_dim"]
+
+
+def test_more_steps_continue_a_finished_run(tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config, workdir)
+  _, before, _ = train.restore_params(tiny_config, workdir, step=6)
+  tiny_config.train.num_steps = 9
+  metrics = train.train_and_evaluate(tiny_config, workdir)
+  assert metrics["final_step"]["step"] == 9
+  _, after, _ = train.restore_params(tiny_config, workdir, step=9)
+  assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)))
