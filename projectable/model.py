@@ -36,6 +36,7 @@ class ModelConfig:
   mlp_dim: int  # MLP hidden width.
   depth: int  # Number of blocks.
   dropout: float = 0.0  # Residual and embedding dropout rate in training.
+  unroll: bool = False  # Unroll the layer scan (exact XLA cost analysis; longer compiles).
 
   @property
   def head_dim(self) -> int:
@@ -78,6 +79,7 @@ class Blocks(nnx.Module):
     self.b2 = _param(ks[5], (n, d), ("layers", "embed"), 0.0)
     self.heads = cfg.heads
     self.dropout = cfg.dropout
+    self.unroll = cfg.unroll
 
   def layer_weights(self) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
@@ -95,7 +97,7 @@ class Blocks(nnx.Module):
       x = x + dropout(mlp(layer_norm(x, w["ln2_scale"], w["ln2_bias"]), w), self.dropout, k_mlp)
       return x, None
 
-    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (weights, keys))
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (weights, keys), unroll=self.unroll)
     return x_BxLxD
 
 

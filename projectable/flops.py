@@ -1,0 +1,72 @@
+"""Analytic training FLOPs of every mode, from the model shapes.
+
+Counts matrix multiplies (2 FLOPs per multiply-add) and attention (scores and
+weighted values over the full L x L block, as XLA computes it before masking);
+the backward pass costs twice the forward. Elementwise work (softmax, GELU,
+LayerNorm, dropout's random bits) uses per-element costs calibrated once against
+XLA's cost analysis of the unrolled train step on CPU (``tests/test_flops.py``
+checks the total stays within 10% for every mode).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from projectable.model import ModelConfig
+from projectable.modes import Method, ProjectableMethod
+
+TRAIN_FACTOR = 3  # forward + backward (gradients w.r.t. activations and weights)
+# Elementwise FLOPs per token and layer, forward + backward, per element of:
+EW_PER_SCORE = 15.5  # an attention score (scale, mask, softmax)
+EW_PER_MLP_UNIT = 30.7  # an MLP hidden unit (bias, GELU)
+EW_PER_RESIDUAL = 236.0  # a residual coordinate (LayerNorms, residual adds, biases)
+EW_PER_DROPOUT = 186.0  # a residual coordinate under dropout (random bits, select)
+
+
+def forward_flops_per_sequence(cfg: ModelConfig) -> int:
+  """Forward FLOPs of one sequence of ``cfg.seq_len`` tokens."""
+  l, d, a, f = cfg.seq_len, cfg.d, cfg.heads * cfg.head_dim, cfg.mlp_dim
+  per_token_layer = 2 * (3 * d * a + a * d + 2 * d * f) + 2 * 2 * l * a
+  return l * (cfg.depth * per_token_layer + 2 * d * cfg.vocab_size)
+
+
+def train_flops_per_sequence(cfg: ModelConfig) -> float:
+  """Forward + backward FLOPs of one sequence, elementwise work included."""
+  residual = EW_PER_RESIDUAL + (EW_PER_DROPOUT if cfg.dropout > 0 else 0.0)
+  elementwise = cfg.depth * (EW_PER_SCORE * cfg.seq_len * cfg.heads
+                             + EW_PER_MLP_UNIT * cfg.mlp_dim + residual * cfg.d)
+  return TRAIN_FACTOR * forward_flops_per_sequence(cfg) + cfg.seq_len * elementwise
+
+
+def _map_weight(in_s: int, w_in: int, w_out: int, out_s: int) -> int:
+  """A_in^T W A_out with W (w_in x w_out): W A_out first, then A_in^T (W A_out)."""
+  return 2 * (w_in * w_out * out_s + in_s * w_in * out_s)
+
+
+def projection_flops(src: ModelConfig, small: ModelConfig, rank: int, form: str) -> int:
+  """Forward FLOPs of one ``project`` call (one task)."""
+  d, ds = src.d, small.d
+  a, a_s = src.heads * src.head_dim, small.heads * small.head_dim
+  f, fs = src.mlp_dim, small.mlp_dim
+  maps = [(d, ds)] + [(a, a_s)] * (2 * src.depth) + [(f, fs)] * src.depth
+  per_map = 2 if form == "factored" else 1  # U diag(z) V^T or sum_i z_i A_i
+  build = sum(per_map * i * o * rank for i, o in maps) if rank else 0
+  layer = (3 * _map_weight(ds, d, a, a_s) + _map_weight(a_s, a, d, ds)
+           + _map_weight(ds, d, f, fs) + _map_weight(fs, f, d, ds))
+  vectors = 2 * d * ds * (src.seq_len + src.vocab_size + 6 * src.depth + 3)
+  return build + src.depth * layer + vectors
+
+
+def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float:
+  """Training FLOPs of one step of ``method`` at ``config``'s batch."""
+  train = config.train
+  sequences = train.batch_tasks * train.examples_per_task
+  if isinstance(method, ProjectableMethod):
+    flops = sequences * train_flops_per_sequence(method.small)
+    flops += TRAIN_FACTOR * train.batch_tasks * projection_flops(
+        method.src, method.small, method.proj.rank, method.proj.form)
+    if config.lambda_source > 0:
+      flops += sequences * train_flops_per_sequence(method.src)
+    return flops
+  cfg = method.src if method.name == "source" else method.small
+  return sequences * train_flops_per_sequence(cfg)

@@ -1,0 +1,143 @@
+"""Autoregressive sampling of pixel tokens: a KV-cached sampler and a naive reference.
+
+Both draw token i with ``jax.random.categorical(fold_in(key, i), logits / temperature)``
+(argmax when the temperature is 0), so for the same key they give the same tokens.
+``sample`` runs one jitted scan over positions and caches every layer's keys and
+values, shape (depth, B, L, heads, head_dim); each step embeds one token and
+attends over the cached prefix, reusing the layer math of ``projectable.model``.
+``sample_naive`` recomputes the whole sequence with ``model.apply`` per position.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from projectable import model
+from projectable.model import ModelConfig
+
+
+def sample(
+    cfg: ModelConfig,
+    params: dict,
+    num: int,
+    key: jax.Array,
+    task_C: jax.Array | None = None,
+    temperature: float = 1.0,
+) -> jax.Array:
+  """``num`` int32 token sequences (num, seq_len) drawn with a KV cache.
+
+  ``task_C`` is the task descriptor of a conditional model (None for an
+  unconditional specialist). The scan is compiled once per (cfg, num,
+  temperature) and weight shapes; new keys, weights or descriptors reuse it.
+  """
+  task_BxC = _task_batch(cfg, task_C, num, temperature)
+  tokens_BxL, _ = _sample_cached(cfg, params, num, key, task_BxC, float(temperature))
+  return tokens_BxL
+
+
+def sample_naive(
+    cfg: ModelConfig,
+    params: dict,
+    num: int,
+    key: jax.Array,
+    task_C: jax.Array | None = None,
+    temperature: float = 1.0,
+) -> jax.Array:
+  """Same draws as ``sample``, recomputing the full sequence at every position."""
+  task_BxC = _task_batch(cfg, task_C, num, temperature)
+  tokens_BxL = jnp.zeros((num, cfg.seq_len), jnp.int32)
+  for i in range(cfg.seq_len):
+    tokens_BxL = _naive_step(cfg, params, tokens_BxL, task_BxC, key, jnp.int32(i),
+                             float(temperature))
+  return tokens_BxL
+
+
+def _task_batch(
+    cfg: ModelConfig, task_C: jax.Array | None, num: int, temperature: float
+) -> jax.Array | None:
+  """Checks the arguments; the descriptor repeated for every sample, or None."""
+  if num < 1:
+    raise ValueError(f"num must be at least 1, got {num}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+  if not cfg.num_classes:
+    if task_C is not None:
+      raise ValueError("an unconditional model takes no task descriptor; pass task_C=None")
+    return None
+  if task_C is None:
+    raise ValueError(f"a conditional model needs a task descriptor of shape ({cfg.num_classes},)")
+  task_C = jnp.asarray(task_C, jnp.float32)
+  if task_C.shape != (cfg.num_classes,):
+    raise ValueError(f"task_C has shape {task_C.shape}, expected ({cfg.num_classes},)")
+  return jnp.broadcast_to(task_C[None], (num, cfg.num_classes))
+
+
+def _choose(logits_BxV: jax.Array, key: jax.Array, temperature: float) -> jax.Array:
+  """One token per row: argmax at temperature 0, else a categorical draw."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, logits_BxV / temperature, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature"))
+def _naive_step(
+    cfg: ModelConfig, params: dict, tokens_BxL: jax.Array, task_BxC: jax.Array | None,
+    key: jax.Array, i: jax.Array, temperature: float,
+) -> jax.Array:
+  """``tokens_BxL`` with position ``i`` drawn from a full forward pass."""
+  logits_BxLxV = model.apply(cfg, params, tokens_BxL, task_BxC)
+  logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxLxV, i, axis=1, keepdims=False)
+  token_B = _choose(logits_BxV, jax.random.fold_in(key, i), temperature)
+  return jax.lax.dynamic_update_slice_in_dim(tokens_BxL, token_B[:, None], i, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num", "temperature"))
+def _sample_cached(
+    cfg: ModelConfig, params: dict, num: int, key: jax.Array, task_BxC: jax.Array | None,
+    temperature: float,
+) -> tuple[jax.Array, jax.Array]:
+  """Tokens (B, L) and their log-probabilities at temperature 1 (B, L).
+
+  One scan over positions carrying the KV cache and the next input embedding.
+  """
+  if task_BxC is None:
+    start_BxD = jnp.broadcast_to(params["start_embed"], (num, cfg.d))
+  else:
+    start_BxD = task_BxC @ params["start_embed"]
+  cache_shape = (cfg.depth, num, cfg.seq_len, cfg.heads, cfg.head_dim)
+  cache = (jnp.zeros(cache_shape, jnp.float32), jnp.zeros(cache_shape, jnp.float32))
+
+  def position(carry, i):
+    cache_k, cache_v, in_BxD = carry
+    pos_1x1xD = jax.lax.dynamic_slice_in_dim(params["pos_embed"], i, 1)[None]
+    x_Bx1xD = in_BxD[:, None, :] + pos_1x1xD
+    lengths_B = jnp.full((num,), i + 1, jnp.int32)
+
+    def layer(carry, inputs):
+      x_Bx1xD, cache_k, cache_v = carry
+      w, l = inputs
+      h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln1_scale"], w["ln1_bias"])
+      q, k, v = (model.split_heads(h_Bx1xD @ w[n], cfg.heads) for n in ("wq", "wk", "wv"))
+      cache_k = jax.lax.dynamic_update_slice(cache_k, k[None], (l, 0, i, 0, 0))
+      cache_v = jax.lax.dynamic_update_slice(cache_v, v[None], (l, 0, i, 0, 0))
+      o_Bx1xHxK = jax.nn.dot_product_attention(
+          q, cache_k[l], cache_v[l], key_value_seq_lengths=lengths_B)
+      x_Bx1xD = x_Bx1xD + o_Bx1xHxK.reshape(num, 1, cfg.heads * cfg.head_dim) @ w["wo"]
+      h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln2_scale"], w["ln2_bias"])
+      return (x_Bx1xD + model.mlp(h_Bx1xD, w), cache_k, cache_v), None
+
+    (x_Bx1xD, cache_k, cache_v), _ = jax.lax.scan(
+        layer, (x_Bx1xD, cache_k, cache_v), (params["blocks"], jnp.arange(cfg.depth)),
+        unroll=cfg.unroll)
+    x_BxD = model.layer_norm(x_Bx1xD[:, 0], params["final_ln_scale"], params["final_ln_bias"])
+    logits_BxV = x_BxD @ params["unembed"] + params["unembed_bias"][None]
+    token_B = _choose(logits_BxV, jax.random.fold_in(key, i), temperature)
+    logp_B = -model.token_nll(logits_BxV[:, None], token_B[:, None])[:, 0]
+    return (cache_k, cache_v, params["token_embed"][token_B]), (token_B, logp_B)
+
+  _, (tokens_LxB, logp_LxB) = jax.lax.scan(
+      position, (*cache, start_BxD), jnp.arange(cfg.seq_len))
+  return tokens_LxB.T, logp_LxB.T
