@@ -7,22 +7,30 @@ r"""Trains one mode of projectable.
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from projectable import train
+from projectable import log_filters, train, workdir_guard
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
 flags.mark_flags_as_required(["config", "workdir"])
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect of a terminated job.
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  log_filters.quiet_library_logs()
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except workdir_guard.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -37,14 +38,21 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.state.latest_step()
 
-  def save_state(self, step: int, state: Any) -> None:
-    self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  def save_state(self, step: int, state: Any, data_iter: Any = None) -> None:
+    """Saves the train state and, if given, the grain iterator's state (item 'data')."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.state.save(step, args=ocp.args.Composite(**items))
 
-  def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
+  def restore_state(self, abstract_state: Any, step: int | None = None,
+                    data_iter: Any = None) -> Any:
+    """The train state; also restores ``data_iter`` in place where the step saved one."""
     step = self.state.latest_step() if step is None else step
-    restored = self.state.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return restored.state
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None and "data" in self.state.item_metadata(step):
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return self.state.restore(step, args=ocp.args.Composite(**items)).state
 
   def save_best(self, step: int, params: Any, metrics: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(

@@ -26,6 +26,9 @@ def base_config() -> ConfigDict:
   c.seed = 0  # Seeds initialisation, dropout and the batch order.
   c.mesh = "data:-1,model:1"  # Device mesh 'axis:size,...'; -1 fills in the device count.
   c.lambda_source = 1.0  # Weight of the source's own NLL in projectable mode.
+  # Images per task the source's own NLL is computed on (-1: all n); fewer makes a
+  # projectable step cheaper while the source still gets gradients through projection.
+  c.source_examples_per_task = -1
 
   c.data = ConfigDict()
   c.data.name = "digits"  # Dataset name (see projectable/data.py).
@@ -33,6 +36,11 @@ def base_config() -> ConfigDict:
   c.data.val_fraction = 0.1  # Per-class share of the data held out for best-step selection.
   c.data.test_fraction = 0.2  # Per-class share of the data held out for the reported test metric.
   c.data.split_seed = 0  # Seed of the fixed train/val/test split.
+  c.data.tfds_data_dir = ""  # Prepared TFDS datasets; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.path = ""  # 'arrays': the .npz; 'fashion_mnist': its IDX dir ('' = Debian's package dir).
+  c.data.test_path = ""  # 'arrays': optional test .npz ('' = test carved from config.data.path).
+  c.data.downsample = 1  # Mean-pooling factor on height and width (2: 28x28 -> 14x14).
+  c.data.tasks = ""  # 'name:class,class;name:...' class sets ('' = one task per class).
 
   c.train = ConfigDict()
   c.train.num_steps = 600  # Optimizer steps; raise it and rerun to continue a finished run.
@@ -74,6 +82,11 @@ def base_config() -> ConfigDict:
       {"batch": "data", "embed": None, "heads": "model", "mlp": "model",
        "vocab": None, "layers": None})
 
+  c.init = ConfigDict()
+  # A finished source/projectable run whose best source weights start this run
+  # (projectable/source: the source; specialists/universal: its weight selection).
+  c.init.source_workdir = ""
+
   c.samples = ConfigDict()
   c.samples.num_per_task = 16  # Samples drawn per task into DIR/samples/ at the end.
   c.samples.temperature = 1.0  # Sampling temperature.
@@ -105,6 +118,10 @@ def validate(config: ConfigDict) -> None:
                 "samples.num_per_task"):
     _positive_int(config, field)
   _check(config.data.levels >= 2, "data.levels", config.data.levels, "must be >= 2")
+  _positive_int(config, "data.downsample")
+  for field in ("tfds_data_dir", "path", "test_path", "tasks"):
+    _check(isinstance(config.data[field], str), f"data.{field}", config.data[field],
+           "must be a string")
   for field in ("val_fraction", "test_fraction"):
     value = config.data[field]
     _check(isinstance(value, float) and 0 < value < 0.5, f"data.{field}", value,
@@ -135,6 +152,10 @@ def validate(config: ConfigDict) -> None:
   if config.mode == "projectable":
     _check(small.depth == src.depth, "small.depth", small.depth,
            f"must equal model.depth={src.depth} in projectable mode")
+  n_src = config.source_examples_per_task
+  _check(isinstance(n_src, int) and (n_src == -1 or 1 <= n_src <= train.examples_per_task),
+         "source_examples_per_task", n_src,
+         f"must be -1 (all) or in [1, train.examples_per_task={train.examples_per_task}]")
   _check(isinstance(config.projector.rank, int) and config.projector.rank >= 0,
          "projector.rank", config.projector.rank, "must be an integer >= 0")
   _check(config.projector.form in FORMS, "projector.form", config.projector.form,

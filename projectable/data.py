@@ -1,16 +1,29 @@
 """Image datasets as pixel-token sequences, tasks as class sets, task-grouped batches.
 
-An image (H, W, C) with intensities quantised to ``levels`` values becomes a
-sequence of H*W*C tokens in raster order, channels interleaved (pixel (0, 0)
-R, G, B, then pixel (0, 1), ...). Every split keeps the class label so that a
-task (a set of classes) selects its images from any split.
+An image (H, W, C) is optionally mean-pooled by ``downsample`` on height and
+width, its intensities in [0, max_value] are quantised to ``levels`` values, and
+it becomes a sequence of H*W*C tokens in raster order, channels interleaved
+(pixel (0, 0) R, G, B, then pixel (0, 1), ...). Every split keeps the class
+label so that a task (a set of classes) selects its images from any split.
+
+``load(config.data)`` reads a dataset's raw records (``config.data.name``:
+'digits', 'fashion_mnist', 'arrays' or a prepared TFDS dataset; see
+projectable/sources.py) into memory as tokens. Splits: where the dataset
+has a test split it is the test split and validation is carved per class from
+train; otherwise validation and test are both carved per class from train.
+Training batches come from projectable/pipeline.py (grain) or ``TaskBatcher``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+_READ_CHUNK = 4096  # Records read and tokenised at a time.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,11 +33,28 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class Records:
+  """The raw records behind a split: its example i is ``source[rows[i]]``."""
+
+  source: Sequence[dict]  # Random access; [i] -> {"image": (H, W, C) uint8, "label": int}.
+  rows: np.ndarray  # (N,) int64 record indices of the split's examples.
+  max_value: float  # Intensity that maps to the top quantisation level.
+  downsample: int  # Mean-pooling factor on height and width.
+  levels: int  # Quantisation levels.
+
+  def tokens(self, positions: np.ndarray) -> np.ndarray:
+    """(K, L) int32 tokens of the split's examples at ``positions``."""
+    records = read_records(self.source, self.rows[positions])
+    images = np.stack([r["image"] for r in records])
+    return preprocess(images, self.max_value, self.levels, self.downsample)
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskData:
   """A tokenised dataset and its tasks."""
 
   name: str
-  image_shape: tuple[int, int, int]  # (H, W, C)
+  image_shape: tuple[int, int, int]  # (H, W, C) after downsampling.
   levels: int  # Vocabulary size.
   class_names: tuple[str, ...]
   task_names: tuple[str, ...]
@@ -32,6 +62,8 @@ class TaskData:
   train: Split
   val: Split
   test: Split
+  # The train split's raw records, read by the grain pipeline; None: use train.tokens.
+  train_records: Records | None = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def seq_len(self) -> int:
@@ -57,10 +89,62 @@ class TaskData:
     return [np.flatnonzero(np.isin(split.labels, classes)) for classes in self.task_classes]
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A dataset's raw image records before tokenisation."""
+
+  name: str
+  train: Sequence[dict]  # Random access; [i] -> {"image": (H, W, C) uint8, "label": int}.
+  test: Sequence[dict] | None  # None: the test split is carved from train.
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]  # (H, W, C) as stored.
+  max_value: float  # Largest possible intensity (255 for uint8 images).
+
+
+class ArraySource:
+  """In-memory random-access records over ``images`` (N, H, W, C) and ``labels`` (N,)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {"image": self.images[i], "label": self.labels[i]}
+
+  def __getitems__(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+    return [self[i] for i in rows]
+
+
+def read_records(source: Sequence[dict], rows: Sequence[int]) -> list[dict]:
+  """``source``'s records at ``rows``, in one batched read where the source supports it."""
+  rows = [int(r) for r in rows]
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(rows))
+  return [source[r] for r in rows]
+
+
 def quantise(images: np.ndarray, max_value: float, levels: int) -> np.ndarray:
   """Maps intensities in [0, max_value] to integer tokens in [0, levels - 1]."""
   scaled = np.asarray(images, np.float64) / max_value * (levels - 1)
   return np.clip(np.rint(scaled), 0, levels - 1).astype(np.int32)
+
+
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
+  """Mean-pools (N, H, W, C) images over ``factor`` x ``factor`` blocks (float64)."""
+  n, h, w, c = images.shape
+  if h % factor or w % factor:
+    raise ValueError(f"config.data.downsample={factor} does not divide the image size {h}x{w}")
+  blocks = np.asarray(images, np.float64).reshape(n, h // factor, factor, w // factor, factor, c)
+  return blocks.mean(axis=(2, 4))
+
+
+def preprocess(images: np.ndarray, max_value: float, levels: int, factor: int) -> np.ndarray:
+  """(N, H, W, C) images -> (N, L) int32 tokens: pooled, quantised, channel-interleaved raster."""
+  if factor > 1:
+    images = downsample(images, factor)
+  return quantise(images, max_value, levels).reshape(len(images), -1)
 
 
 def split_per_class(
@@ -79,8 +163,61 @@ def split_per_class(
   return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
+def _slug(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def parse_tasks(spec: str | Mapping[str, Sequence[int | str]], class_names: Sequence[str]
+                ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+  """Task names and class sets from ``config.data.tasks``.
+
+  ``''``: one task per class, named after it (lower case, runs of other
+  characters as '_'). Otherwise ``'name:class,class,...;name:...'`` (or a dict
+  name -> classes), a class given by index or by name; a task's data is the
+  union of its classes. Task names are used as file names.
+  """
+  if not spec:
+    names = [_slug(n) or f"class{c}" for c, n in enumerate(class_names)]
+    if len(set(names)) < len(names):
+      names = [f"class{c}" for c in range(len(class_names))]
+    return tuple(names), tuple((c,) for c in range(len(class_names)))
+  if isinstance(spec, str):
+    items = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+      name, sep, members = part.partition(":")
+      if not sep:
+        raise ValueError(f"config.data.tasks: {part!r} is not of the form 'name:class,class,...'")
+      items.append((name.strip(), [m.strip() for m in members.split(",") if m.strip()]))
+  else:
+    items = [(str(name), list(members)) for name, members in spec.items()]
+  names, classes = [], []
+  for name, members in items:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in names:
+      raise ValueError(f"config.data.tasks: task name {name!r} is empty, repeated or not "
+                       "made of letters, digits, '_', '.', '-' (it names files)")
+    if not members:
+      raise ValueError(f"config.data.tasks: task {name!r} is empty; give it at least one class")
+    names.append(name)
+    classes.append(tuple(sorted({_class_index(m, class_names, name) for m in members})))
+  return tuple(names), tuple(classes)
+
+
+def _class_index(member: int | str, class_names: Sequence[str], task: str) -> int:
+  if isinstance(member, (int, np.integer)) or str(member).lstrip("-").isdigit():
+    c = int(member)
+  elif member in class_names:
+    c = list(class_names).index(member)
+  else:
+    raise ValueError(f"config.data.tasks: class {member!r} of task {task!r} is neither an "
+                     f"index nor one of the class names {tuple(class_names)}")
+  if not 0 <= c < len(class_names):
+    raise ValueError(f"config.data.tasks: class {c} of task {task!r} is outside the dataset's "
+                     f"classes 0..{len(class_names) - 1}")
+  return c
+
+
 def load_digits(levels: int, val_fraction: float, test_fraction: float, seed: int) -> TaskData:
-  """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), no download."""
+  """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), no download or TFDS."""
   from sklearn.datasets import load_digits as sk_load_digits
 
   digits = sk_load_digits()
@@ -96,11 +233,57 @@ def load_digits(levels: int, val_fraction: float, test_fraction: float, seed: in
       test=Split(tokens[test], labels[test]))
 
 
+def _read_all(source: Sequence[dict], levels: int, max_value: float, factor: int,
+              image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """Every record of ``source`` as (tokens (N, L) int32, labels (N,) int32)."""
+  tokens, labels = [], []
+  for start in range(0, len(source), _READ_CHUNK):
+    records = read_records(source, range(start, min(start + _READ_CHUNK, len(source))))
+    images = np.stack([r["image"] for r in records])
+    if images.shape[1:] != tuple(image_shape):
+      raise ValueError(f"records have image shape {images.shape[1:]}, expected {image_shape}")
+    tokens.append(preprocess(images, max_value, levels, factor))
+    labels.append(np.array([r["label"] for r in records], np.int32))
+  return np.concatenate(tokens), np.concatenate(labels)
+
+
+def tokenise(source: Source, cfg) -> TaskData:
+  """A ``Source`` as TaskData under ``config.data`` (levels, downsample, splits, tasks)."""
+  factor = cfg.get("downsample", 1)
+  h, w, c = source.image_shape
+  if h % factor or w % factor:
+    raise ValueError(f"config.data.downsample={factor} does not divide {source.name}'s "
+                     f"image size {h}x{w}")
+  tokens, labels = _read_all(source.train, cfg.levels, source.max_value, factor,
+                             source.image_shape)
+  if source.test is None:
+    train, val, test = split_per_class(labels, cfg.val_fraction, cfg.test_fraction,
+                                       cfg.split_seed)
+    test_split = Split(tokens[test], labels[test])
+  else:
+    train, val, _ = split_per_class(labels, cfg.val_fraction, 0.0, cfg.split_seed)
+    test_split = Split(*_read_all(source.test, cfg.levels, source.max_value, factor,
+                                  source.image_shape))
+  task_names, task_classes = parse_tasks(cfg.get("tasks", ""), source.class_names)
+  data = TaskData(
+      name=source.name, image_shape=(h // factor, w // factor, c), levels=cfg.levels,
+      class_names=source.class_names, task_names=task_names, task_classes=task_classes,
+      train=Split(tokens[train], labels[train]), val=Split(tokens[val], labels[val]),
+      test=test_split, train_records=Records(source.train, train.astype(np.int64),
+                                             source.max_value, factor, cfg.levels))
+  for split_name in ("train", "val", "test"):
+    for name, pool in zip(task_names, data.task_indices(getattr(data, split_name)), strict=True):
+      if not len(pool):
+        raise ValueError(f"task {name!r} of dataset {source.name!r} has no examples in the "
+                         f"{split_name} split; check config.data.tasks and the data's labels")
+  return data
+
+
 def load(cfg) -> TaskData:
-  """The dataset named by ``cfg.name`` (a ``config.data`` ConfigDict)."""
-  if cfg.name == "digits":
-    return load_digits(cfg.levels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-  raise ValueError(f"config.data.name={cfg.name!r} is not a known dataset; known: 'digits'")
+  """The dataset named by ``cfg.name`` (a ``config.data`` ConfigDict), tokenised."""
+  from projectable import sources
+
+  return tokenise(sources.open_source(cfg), cfg)
 
 
 class TaskBatcher:

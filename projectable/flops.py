@@ -65,8 +65,10 @@ def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float
     flops = sequences * train_flops_per_sequence(method.small)
     flops += TRAIN_FACTOR * train.batch_tasks * projection_flops(
         method.src, method.small, method.proj.rank, method.proj.form)
-    if config.lambda_source > 0:
-      flops += sequences * train_flops_per_sequence(method.src)
+    if method.uses_source_loss:
+      n_src = config.source_examples_per_task
+      src_sequences = sequences if n_src == -1 else train.batch_tasks * n_src
+      flops += src_sequences * train_flops_per_sequence(method.src)
     return flops
   cfg = method.src if method.name == "source" else method.small
   return sequences * train_flops_per_sequence(cfg)

@@ -239,12 +239,22 @@ class ProjectableMethod(Method):
     projected = per_task_nll(self.small, small_M, batch["tokens"], k_small).mean()
     metrics = {"nll": projected}
     loss = projected
-    if self.config.lambda_source > 0:
-      source = conditional_nll(self.src, params["source"], batch["tokens"], batch["task"],
-                               k_src).mean()
+    if self.uses_source_loss:
+      source = conditional_nll(self.src, params["source"], self.source_tokens(batch["tokens"]),
+                               batch["task"], k_src).mean()
       loss = loss + self.config.lambda_source * source
       metrics["source_nll"] = source
     return loss, metrics
+
+  @property
+  def uses_source_loss(self) -> bool:
+    """Whether the source's own NLL is in the loss (not with λ = 0 or a frozen source)."""
+    return self.config.lambda_source > 0 and not self.config.train.freeze_source
+
+  def source_tokens(self, tokens_MxNxL: jax.Array) -> jax.Array:
+    """The images of each task that the source's own loss sees."""
+    n = self.config.source_examples_per_task
+    return tokens_MxNxL if n == -1 else tokens_MxNxL[:, :n]
 
   def task_nll(self, params, tokens_NxL, task_id, task_C):
     small = self.specialist(params, task_id, task_C)

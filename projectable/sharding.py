@@ -23,7 +23,8 @@ def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
     try:
       sizes[name] = int(size)
     except ValueError:
-      raise ValueError(f"config.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer")
+      raise ValueError(
+          f"config.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer") from None
   fill = [n for n, s in sizes.items() if s == -1]
   if len(fill) > 1 or any(s < 1 for s in sizes.values() if s != -1):
     raise ValueError(f"config.mesh={spec!r}: sizes must be >= 1, with at most one -1")

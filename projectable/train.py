@@ -18,9 +18,17 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from projectable import artifacts, checkpointing, config_lib
+from projectable import (
+  artifacts,
+  checkpointing,
+  config_lib,
+  flops,
+  pipeline,
+  sharding,
+  warmstart,
+  workdir_guard,
+)
 from projectable import data as data_lib
-from projectable import sharding
 from projectable.modes import make_method
 from projectable.trainer import LN2, Trainer
 
@@ -56,6 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.train.batch_tasks > data.num_tasks:
     raise ValueError(f"config.train.batch_tasks={config.train.batch_tasks} exceeds the "
                      f"{data.num_tasks} tasks of dataset {data.name!r}")
+  workdir_guard.check_compatible(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
@@ -64,40 +73,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
     write_config(config, workdir)
     try:
-      state = _train(config, data, trainer, ckpts, workdir)
+      with workdir_guard.StopRequest() as stop:
+        state = _train(config, data, trainer, ckpts, workdir, stop)
+      if stop.requested:
+        raise workdir_guard.Preempted(
+            f"stopped by SIGTERM at step {int(state['step'])}; its checkpoint is saved in "
+            f"{workdir}. Rerun the same command to resume.")
       return _finish(config, data, trainer, ckpts, state, workdir)
     finally:
       ckpts.close()
 
 
-def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, workdir: str):
+def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, workdir: str,
+           stop: workdir_guard.StopRequest):
   train = config.train
   latest = ckpts.latest_step()
+  data_iter = pipeline.train_iterator(data, train.batch_tasks, train.examples_per_task,
+                                      config.seed)
   if latest is None:
     state = trainer.init_state(jax.random.key(config.seed))
+    if config.init.source_workdir:
+      source = warmstart.load_source(config, data)
+      state = trainer.reset_optimizer(warmstart.warm_params(trainer.method, state["params"],
+                                                            source))
   else:
     logging.info("Resuming from checkpoint at step %d in %s", latest, workdir)
-    state = ckpts.restore_state(trainer.abstract_state)
+    state = ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
   start = int(state["step"])
+  if data_iter.get_state() != {"next_index": start}:  # A checkpoint without data state.
+    data_iter.set_state({"next_index": start})
   best = ckpts.best_metrics()
   best_val = best["val_bits_per_dim"]["mean"] if best else math.inf
-  batcher = data_lib.TaskBatcher(data, train.batch_tasks, train.examples_per_task, config.seed)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
   report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
   t0, last_log = time.time(), start
   for step in range(start + 1, train.num_steps + 1):
-    state, metrics = trainer.train_step(state, trainer.place_batch(batcher.batch(step - 1)))
+    batch = pipeline.place(next(data_iter), trainer.batch_shardings)
+    state, metrics = trainer.train_step(state, batch)
     report(step, time.time())
-    last = step == train.num_steps
-    if step % train.log_every == 0 or last:
+    last = step == train.num_steps or stop.requested
+    if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
       _check_finite(step, scalars)
       scalars["train/bits_per_dim"] = scalars["nll"] / LN2
       scalars["steps_per_s"] = (step - last_log) / max(time.time() - t0, 1e-9)
       t0, last_log = time.time(), step
       writer.write_scalars(step, scalars)
-    if step % train.eval_every == 0 or last:
+    if step % train.eval_every == 0 or step == train.num_steps:
       val = trainer.evaluate(state["params"], data, data.val)
       test = trainer.evaluate(state["params"], data, data.test)
       writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
@@ -109,7 +132,10 @@ def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, wor
             "step": step, "val_bits_per_dim": val["main"], "test_bits_per_dim": test["main"],
             "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"}})
     if step % train.checkpoint_every == 0 or last:
-      ckpts.save_state(step, state)
+      ckpts.save_state(step, state, data_iter)
+    if stop.requested:
+      logging.warning("SIGTERM: saved step %d and stopping", step)
+      break
   ckpts.wait()
   writer.flush()
   return state
@@ -119,6 +145,7 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
   """Writes eval/metrics.json, pictures, specialists and samples from the best weights."""
   best = ckpts.best_metrics()
   params = ckpts.restore_best_params(trainer.abstract_state["params"])
+  step_flops = flops.train_step_flops(config, trainer.method)
   final_test = trainer.evaluate(state["params"], data, data.test)
   metrics = {
       "mode": config.mode,
@@ -128,6 +155,9 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
       "val_bits_per_dim": best["val_bits_per_dim"],
       "final_step": {"step": int(state["step"]), "bits_per_dim": final_test["main"]},
       "num_params": trainer.method.num_params(params),
+      # Compute spent by the whole run (every step was needed to pick the best), and per step.
+      "train_flops": int(state["step"]) * step_flops,
+      "train_flops_per_step": step_flops,
   }
   for name, bpd in best["extra_test_bits_per_dim"].items():
     metrics[f"{name}_bits_per_dim"] = bpd

@@ -23,7 +23,9 @@ from projectable.modes import Method
 LN2 = math.log(2.0)
 
 
-def build_optimizer(train: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+def build_optimizer(
+    train: ml_collections.ConfigDict, trainable: dict
+) -> optax.GradientTransformation:
   """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
   # Warmup starts one step in, so that the very first step already learns.
   schedule = optax.warmup_cosine_decay_schedule(
@@ -71,9 +73,16 @@ class Trainer:
         out_shardings=replicated)
 
   def _init_state(self, key: jax.Array) -> dict:
-    params = self.method.init(key)
+    return self._state_from(self.method.init(key))
+
+  def _state_from(self, params: dict) -> dict:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": self.optimizer.init(params)}
+
+  def reset_optimizer(self, params: dict) -> dict:
+    """A step-0 train state starting from ``params`` (e.g. warm-started weights)."""
+    return jax.jit(self._state_from, in_shardings=(self.param_shardings,),
+                   out_shardings=self.state_shardings)(params)
 
   def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     key = jax.random.fold_in(jax.random.key(self.config.seed), state["step"])

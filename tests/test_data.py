@@ -44,7 +44,7 @@ def test_batches_are_grouped_by_task_and_deterministic():
   batcher = data_lib.TaskBatcher(data, batch_tasks=4, examples_per_task=5, seed=3)
   batch = batcher.batch(7)
   assert batch["tokens"].shape == (4, 5, 64)
-  lookup = {tuple(t): l for t, l in zip(data.train.tokens, data.train.labels)}
+  lookup = {tuple(t): l for t, l in zip(data.train.tokens, data.train.labels, strict=False)}
   for m, task in enumerate(batch["task_id"]):
     labels = {lookup[tuple(t)] for t in batch["tokens"][m]}
     assert labels == {task}

@@ -54,7 +54,7 @@ def _perturbed(proj):
   leaves, tree = jax.tree.flatten(proj)
   keys = jax.random.split(jax.random.key(5), len(leaves))
   return jax.tree.unflatten(
-      tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+      tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=False)])
 
 
 @pytest.mark.parametrize("rank,form", [(0, "factored"), (2, "factored"), (2, "full")])

@@ -1,0 +1,50 @@
+r"""Trains and compares every method under one matched budget.
+
+  python launch/compare.py --config=configs/digits.py --workdir=DIR --seeds=0,1,2
+  python launch/compare.py --config=configs/digits.py --workdir=DIR --budget=flops
+  python launch/compare.py --config=configs/digits.py --workdir=DIR \
+      --sweep=projector.rank=0,1,4,16
+
+Writes DIR/comparison.{json,md,png} (or DIR/sweep_<field>.* for a sweep). Each run
+has its own sub-workdir; rerunning resumes unfinished runs and reuses finished ones.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from projectable import compare, log_filters
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per run.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
+flags.DEFINE_enum("budget", "steps", ["steps", "flops"], "What is matched across methods.")
+flags.DEFINE_list("methods", list(compare.METHODS), "Methods to run.")
+flags.DEFINE_string("sweep", None,
+                    "Ablation instead of the comparison: 'field=v1,v2,...' over projectable "
+                    "runs, e.g. projector.rank=0,1,4,16 or lambda_source=0.0,1.0.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  log_filters.quiet_library_logs()
+  seeds = [int(s) for s in FLAGS.seeds]
+  if FLAGS.sweep:
+    field, sep, values = FLAGS.sweep.partition("=")
+    if not sep or not values:
+      raise app.UsageError("--sweep needs 'field=v1,v2,...'")
+    parsed = [json.loads(v.lower()) if v.lower() in ("true", "false") else json.loads(v)
+              for v in values.split(",")]
+    result = compare.sweep(FLAGS.config, FLAGS.workdir, field, parsed, seeds)
+  else:
+    result = compare.compare(FLAGS.config, FLAGS.workdir, seeds, FLAGS.budget,
+                             tuple(FLAGS.methods))
+  print(compare.markdown(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,214 @@
+"""Every method under one matched budget, several seeds, and ablation sweeps.
+
+Each run lives in its own sub-workdir ``DIR/<run>/`` and resumes (or is
+skipped when finished) on a rerun. Budgets (``budget``):
+
+* ``steps``: every method runs ``train.num_steps`` steps of the same task-grouped
+  batch, so all see the same images (the paper's comparison);
+* ``flops``: every method gets the training FLOPs of the projectable run
+  (``projectable.flops``), so cheaper small-model methods run more steps.
+
+``weight_selection`` is the fixed selection of the trained ``source`` run,
+evaluated as is; ``weight_selection_ft`` fine-tunes it per task with the
+specialists' budget (its FLOPs include the source's pretraining).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from projectable import data as data_lib
+from projectable import flops, images, sharding, train, warmstart
+from projectable.modes import make_method
+from projectable.trainer import Trainer
+
+TRAINED = ("source", "projectable", "universal", "specialists")
+METHODS = (*TRAINED, "weight_selection", "weight_selection_ft")
+
+
+def _scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
+  """``config`` with ``num_steps`` and its periods scaled alike."""
+  config = config.copy_and_resolve_references()
+  ratio = num_steps / config.train.num_steps
+  train_cfg = config.train
+  train_cfg.eval_every = max(1, round(train_cfg.eval_every * ratio))
+  train_cfg.checkpoint_every = max(1, round(train_cfg.checkpoint_every * ratio))
+  train_cfg.warmup_steps = min(round(train_cfg.warmup_steps * ratio), num_steps - 1)
+  train_cfg.num_steps = num_steps
+  return config
+
+
+def method_config(base: ml_collections.ConfigDict, method: str, budget: str,
+                  data: data_lib.TaskData, source_workdir: str) -> ml_collections.ConfigDict:
+  """The training config of one method under the matched budget."""
+  config = base.copy_and_resolve_references()
+  config.mode = "specialists" if method == "weight_selection_ft" else method
+  if method == "weight_selection_ft":
+    config.init.source_workdir = source_workdir
+  if budget == "steps" or method == "projectable":
+    return config
+  reference = base.copy_and_resolve_references()
+  reference.mode = "projectable"
+  total = base.train.num_steps * flops.train_step_flops(reference, make_method(reference, data))
+  steps = max(1, round(total / flops.train_step_flops(config, make_method(config, data))))
+  return _scaled(config, steps)
+
+
+def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes, or reuses) one run; its metrics plus wall time."""
+  done = os.path.join(workdir, "eval", "metrics.json")
+  wall_path = os.path.join(workdir, "wall_s.json")
+  if os.path.exists(done) and os.path.exists(wall_path):
+    with open(done) as f, open(wall_path) as g:
+      metrics = json.load(f)
+      if metrics["final_step"]["step"] == config.train.num_steps:
+        return {**metrics, "wall_s": json.load(g)["wall_s"]}
+  start = time.time()
+  metrics = train.train_and_evaluate(config, workdir)
+  wall_s = time.time() - start
+  with open(wall_path, "w") as f:
+    json.dump({"wall_s": wall_s}, f)
+  return {**json.loads(json.dumps(metrics)), "wall_s": wall_s}
+
+
+def weight_selection(config: ml_collections.ConfigDict, source_workdir: str,
+                     source_metrics: dict) -> dict:
+  """Test bits/dim of the fixed selection of the trained source, no training."""
+  config = config.copy_and_resolve_references()
+  config.mode, config.init.source_workdir = "specialists", source_workdir
+  data = data_lib.load(config.data)
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    method = make_method(config, data)
+    trainer = Trainer(config, method, mesh)
+    params = warmstart.warm_params(method, method.init(jax.random.key(0)),
+                                   warmstart.load_source(config, data))
+    params = jax.device_put(params, trainer.param_shardings)
+    test = trainer.evaluate(params, data, data.test)["main"]
+  return {"bits_per_dim": test, "num_params": method.num_params(params),
+          "train_flops": source_metrics["train_flops"], "wall_s": 0.0,
+          "final_step": {"step": 0}}
+
+
+def summarize(runs: list[dict]) -> dict:
+  """Mean, spread and per-seed values of one method's runs."""
+  means = [r["bits_per_dim"]["mean"] for r in runs]
+  tasks = runs[0]["bits_per_dim"]["per_task"]
+  return {
+      "bits_per_dim": {
+          "mean": float(np.mean(means)), "std": float(np.std(means)),
+          "per_seed": means,
+          "per_task": {t: float(np.mean([r["bits_per_dim"]["per_task"][t] for r in runs]))
+                       for t in tasks}},
+      "num_params_small": runs[0]["num_params"]["small"],
+      "train_flops": float(np.mean([r["train_flops"] for r in runs])),
+      "steps": runs[0]["final_step"]["step"],
+      "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+  }
+
+
+def compare(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
+            budget: str, methods: tuple[str, ...] = METHODS) -> dict:
+  """Runs ``methods`` for each seed under ``budget``; writes comparison.{json,md,png}."""
+  if budget not in ("steps", "flops"):
+    raise ValueError(f"--budget={budget!r}: use 'steps' or 'flops'")
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
+  data = data_lib.load(config.data)
+  runs: dict[str, list[dict]] = {m: [] for m in methods}
+  for seed in seeds:
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    source_dir = os.path.join(workdir, f"source_seed{seed}")
+    needs_source = {"source", "weight_selection", "weight_selection_ft"} & set(methods)
+    source_metrics = (run_method(method_config(seeded, "source", budget, data, source_dir),
+                                 source_dir) if needs_source else None)
+    for method in methods:
+      if method == "source":
+        runs[method].append(source_metrics)
+      elif method == "weight_selection":
+        runs[method].append(weight_selection(seeded, source_dir, source_metrics))
+      else:
+        run_dir = os.path.join(workdir, f"{method}_seed{seed}")
+        metrics = run_method(method_config(seeded, method, budget, data, source_dir), run_dir)
+        if method == "weight_selection_ft":
+          metrics["train_flops"] += source_metrics["train_flops"]
+        runs[method].append(metrics)
+  result = {"dataset": data.name, "budget": budget, "seeds": seeds,
+            "methods": {m: summarize(r) for m, r in runs.items()}}
+  write_reports(result, workdir)
+  return result
+
+
+def _verdict(a: dict, b: dict) -> str:
+  """'better', 'worse' or 'no difference' of a against b, judged against the seed spread."""
+  diff = b["bits_per_dim"]["mean"] - a["bits_per_dim"]["mean"]
+  spread = max(a["bits_per_dim"]["std"], b["bits_per_dim"]["std"])
+  if abs(diff) <= spread:
+    return f"no difference ({diff:+.4f} bits/dim, spread {spread:.4f})"
+  return f"{'better' if diff > 0 else 'worse'} by {abs(diff):.4f} bits/dim (spread {spread:.4f})"
+
+
+def markdown(result: dict) -> str:
+  """A table a person reads, with the headline verdicts."""
+  methods = result["methods"]
+  lines = [f"# {result['dataset']}: comparison at matched {result['budget']}, "
+           f"seeds {result['seeds']}", "",
+           "| method | test bits/dim (mean ± std) | small params | steps | train FLOPs | wall s |",
+           "|---|---|---|---|---|---|"]
+  for name, m in methods.items():
+    bpd = m["bits_per_dim"]
+    lines.append(f"| {name} | {bpd['mean']:.4f} ± {bpd['std']:.4f} | {m['num_params_small']} "
+                 f"| {m['steps']} | {m['train_flops']:.3g} | {m['wall_s']:.0f} |")
+  if "projectable" in methods:
+    lines.append("")
+    for other in ("universal", "specialists", "weight_selection_ft"):
+      if other in methods:
+        lines.append(f"- projectable vs {other}: "
+                     f"{_verdict(methods['projectable'], methods[other])}")
+    if "universal" in methods and "source" in methods:
+      gap = (methods["universal"]["bits_per_dim"]["mean"]
+             - methods["source"]["bits_per_dim"]["mean"])
+      closed = (methods["universal"]["bits_per_dim"]["mean"]
+                - methods["projectable"]["bits_per_dim"]["mean"])
+      lines.append(f"- fraction of the universal→source gap closed by projection: "
+                   f"{closed / gap:.2f}" if gap > 0 else "- the source is not better than "
+                   "the universal model here, so there is no gap to close")
+  return "\n".join(lines) + "\n"
+
+
+def write_reports(result: dict, workdir: str, name: str = "comparison") -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write(markdown(result))
+  series = {m: v["bits_per_dim"]["per_task"] for m, v in result["methods"].items()}
+  images.save_bar_chart(series, os.path.join(workdir, f"{name}.png"),
+                        title=f"{result['dataset']}: test bits/dim per task "
+                              f"(matched {result['budget']})", ylabel="bits/dim")
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str, field: str, values: list,
+          seeds: list[int]) -> dict:
+  """Projectable runs with ``config.<field>`` set to each value; writes sweep_<field>.*."""
+  section, _, name = field.rpartition(".")
+  runs = {}
+  for value in values:
+    per_seed = []
+    for seed in seeds:
+      variant = config.copy_and_resolve_references()
+      variant.mode, variant.seed = "projectable", seed
+      (variant[section] if section else variant)[name] = value
+      per_seed.append(run_method(variant, os.path.join(workdir, f"{field}={value}_seed{seed}")))
+    runs[f"{field}={value}"] = summarize(per_seed)
+  result = {"dataset": config.data.name, "budget": "steps", "seeds": seeds, "methods": runs}
+  write_reports(result, workdir, name=f"sweep_{field}")
+  return result

@@ -1,0 +1,45 @@
+"""The comparison command end to end on the tiny variant."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from projectable import compare
+
+
+def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  result = compare.compare(tiny_config, workdir, seeds=[0], budget="flops")
+  assert set(result["methods"]) == set(compare.METHODS)
+  with open(os.path.join(workdir, "comparison.json")) as f:
+    on_disk = json.load(f)
+  assert set(on_disk["methods"]) == set(compare.METHODS)
+  for method in on_disk["methods"].values():
+    assert 0 < method["bits_per_dim"]["mean"] < 10
+    assert len(method["bits_per_dim"]["per_task"]) == 10
+  methods = on_disk["methods"]
+  # Matched FLOPs: the cheaper small-model methods ran more steps than projectable.
+  assert methods["universal"]["steps"] > methods["projectable"]["steps"]
+  assert abs(methods["universal"]["train_flops"] / methods["projectable"]["train_flops"] - 1) < 0.1
+  # Fine-tuning the selection is charged for the source it starts from.
+  assert methods["weight_selection_ft"]["train_flops"] > methods["source"]["train_flops"]
+  with open(os.path.join(workdir, "comparison.md")) as f:
+    table = f.read()
+  assert all(f"| {m} |" in table for m in compare.METHODS)
+  with Image.open(os.path.join(workdir, "comparison.png")) as image:
+    assert image.format == "PNG"
+  mtime = os.path.getmtime(os.path.join(workdir, "universal_seed0", "eval", "metrics.json"))
+  again = compare.compare(tiny_config, workdir, seeds=[0], budget="flops",
+                          methods=("universal",))
+  assert again["methods"]["universal"] == result["methods"]["universal"]
+  assert os.path.getmtime(
+      os.path.join(workdir, "universal_seed0", "eval", "metrics.json")) == mtime
+
+
+def test_unknown_method_or_budget_raises(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match="unknown methods"):
+    compare.compare(tiny_config, str(tmp_path), [0], "steps", methods=("magic",))
+  with pytest.raises(ValueError, match="budget"):
+    compare.compare(tiny_config, str(tmp_path), [0], "time")
