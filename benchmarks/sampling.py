@@ -25,8 +25,9 @@ flags.DEFINE_list("batches", ["1", "64"], "Images drawn per call.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per row (median reported).")
 
 
-def seconds_per_call(cfg: model.ModelConfig, params: dict, task_C, batch: int,
-                     repeats: int) -> float:
+def seconds_per_call(
+  cfg: model.ModelConfig, params: dict, task_C, batch: int, repeats: int
+) -> float:
   """Median wall time of one KV-cached ``sample`` call of ``batch`` images."""
   jax.block_until_ready(sampling.sample(cfg, params, batch, jax.random.key(0), task_C))
   times = []
@@ -43,12 +44,18 @@ def main(argv: list[str]) -> None:
   config = digits.get_config()
   data = data_lib.load(config.data)
   task_C = data.task_descriptors()[0]
-  models = {"source": (modes.source_config(config, data), task_C),
-            "specialist": (modes.small_config(config, data, conditional=False), None)}
-  print(f"device: {jax.devices()[0].device_kind}; {data.name}: {data.seq_len} tokens per image, "
-        f"KV-cached sampling, median of {FLAGS.repeats}")
-  print(f"{'model':<11} {'d/heads/mlp/depth':>17} {'params':>8} {'MFLOP/image':>11} {'batch':>5} "
-        f"{'tokens/s':>10} {'ms/image':>9}")
+  models = {
+    "source": (modes.source_config(config, data), task_C),
+    "specialist": (modes.small_config(config, data, conditional=False), None),
+  }
+  print(
+    f"device: {jax.devices()[0].device_kind}; {data.name}: {data.seq_len} tokens per image, "
+    f"KV-cached sampling, median of {FLAGS.repeats}"
+  )
+  print(
+    f"{'model':<11} {'d/heads/mlp/depth':>17} {'params':>8} {'MFLOP/image':>11} {'batch':>5} "
+    f"{'tokens/s':>10} {'ms/image':>9}"
+  )
   rate: dict[tuple[str, int], float] = {}
   for name, (cfg, cond) in models.items():
     params = model.init_params(cfg, jax.random.key(0))
@@ -57,12 +64,15 @@ def main(argv: list[str]) -> None:
     for batch in map(int, FLAGS.batches):
       seconds = seconds_per_call(cfg, params, cond, batch, FLAGS.repeats)
       rate[name, batch] = batch * cfg.seq_len / seconds
-      print(f"{name:<11} {shape:>17} {model.num_params(params):>8} {mflop:>11.2f} {batch:>5} "
-            f"{rate[name, batch]:>10.0f} {seconds / batch * 1e3:>9.3f}")
+      print(
+        f"{name:<11} {shape:>17} {model.num_params(params):>8} {mflop:>11.2f} {batch:>5} "
+        f"{rate[name, batch]:>10.0f} {seconds / batch * 1e3:>9.3f}"
+      )
   src, small = (models[n][0] for n in ("source", "specialist"))
   ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
-  speedups = ", ".join(f"batch {b}: {rate['specialist', b] / rate['source', b]:.2f}x"
-                       for b in map(int, FLAGS.batches))
+  speedups = ", ".join(
+    f"batch {b}: {rate['specialist', b] / rate['source', b]:.2f}x" for b in map(int, FLAGS.batches)
+  )
   print(f"source/specialist forward FLOPs: {ratio:.2f}x; specialist/source tokens/s: {speedups}")
 
 

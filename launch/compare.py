@@ -22,9 +22,12 @@ flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per run.
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
 flags.DEFINE_enum("budget", "steps", ["steps", "flops"], "What is matched across methods.")
 flags.DEFINE_list("methods", list(compare.METHODS), "Methods to run.")
-flags.DEFINE_string("sweep", None,
-                    "Ablation instead of the comparison: 'field=v1,v2,...' over projectable "
-                    "runs, e.g. projector.rank=0,1,4,16 or lambda_source=0.0,1.0.")
+flags.DEFINE_string(
+  "sweep",
+  None,
+  "Ablation instead of the comparison: 'field=v1,v2,...' over projectable "
+  "runs, e.g. projector.rank=0,1,4,16 or lambda_source=0.0,1.0.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,12 +40,13 @@ def main(argv: list[str]) -> None:
     field, sep, values = FLAGS.sweep.partition("=")
     if not sep or not values:
       raise app.UsageError("--sweep needs 'field=v1,v2,...'")
-    parsed = [json.loads(v.lower()) if v.lower() in ("true", "false") else json.loads(v)
-              for v in values.split(",")]
+    parsed = [
+      json.loads(v.lower()) if v.lower() in ("true", "false") else json.loads(v)
+      for v in values.split(",")
+    ]
     result = compare.sweep(FLAGS.config, FLAGS.workdir, field, parsed, seeds)
   else:
-    result = compare.compare(FLAGS.config, FLAGS.workdir, seeds, FLAGS.budget,
-                             tuple(FLAGS.methods))
+    result = compare.compare(FLAGS.config, FLAGS.workdir, seeds, FLAGS.budget, tuple(FLAGS.methods))
   print(compare.markdown(result))
 
 

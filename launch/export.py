@@ -19,8 +19,12 @@ flags.DEFINE_string("tasks", "all", "'all', or comma-separated task names or ind
 flags.DEFINE_string("out", None, "Directory that receives one subdirectory per task.")
 flags.DEFINE_integer("step", None, "Export the train state saved at this step (default: best).")
 flags.DEFINE_bool("overwrite", False, "Replace specialists already in OUT/<task>/.")
-flags.DEFINE_enum("format", "orbax", export.FORMATS, "orbax: weights + config.json; tflite: "
-                  "also model.tflite and saved_model/.")
+flags.DEFINE_enum(
+  "format",
+  "orbax",
+  export.FORMATS,
+  "orbax: weights + config.json; tflite: also model.tflite and saved_model/.",
+)
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -28,15 +32,18 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    summary = export.export(FLAGS.workdir, FLAGS.out, FLAGS.tasks, FLAGS.step, FLAGS.overwrite,
-                            FLAGS.format)
+    summary = export.export(
+      FLAGS.workdir, FLAGS.out, FLAGS.tasks, FLAGS.step, FLAGS.overwrite, FLAGS.format
+    )
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   print(f"{summary['weights']} weights of step {summary['step']} -> {FLAGS.out}")
   for name, path in zip(summary["tasks"], summary["paths"], strict=True):
     print(f"  {name}: {summary['test_bits_per_dim'][name]:.4f} test bits/dim  {path}")
-  print(f"emitted {len(summary['tasks'])} specialists in {summary['emit_seconds'] * 1e3:.2f} ms "
-        f"(one jitted vmapped call; compiled in {summary['compile_seconds']:.2f} s)")
+  print(
+    f"emitted {len(summary['tasks'])} specialists in {summary['emit_seconds'] * 1e3:.2f} ms "
+    f"(one jitted vmapped call; compiled in {summary['compile_seconds']:.2f} s)"
+  )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,17 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--task and --step go with --workdir; a specialist has one task")
   try:
     cfg, weights, task_C, image_shape, levels = _generator()
-    artifacts.save_samples(cfg, weights, task_C, FLAGS.num, jax.random.key(FLAGS.seed),
-                           FLAGS.temperature, image_shape, levels, FLAGS.out)
+    artifacts.save_samples(
+      cfg,
+      weights,
+      task_C,
+      FLAGS.num,
+      jax.random.key(FLAGS.seed),
+      FLAGS.temperature,
+      image_shape,
+      levels,
+      FLAGS.out,
+    )
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   print(f"wrote {FLAGS.num} samples to {FLAGS.out}")

@@ -29,27 +29,52 @@ from projectable.specialist import save_specialist
 from projectable.trainer import bits_per_dim
 
 
-def write_pictures(config: ml_collections.ConfigDict, data: TaskData, method: Method,
-                   params: dict, metrics: dict, workdir: str) -> None:
+def write_pictures(
+  config: ml_collections.ConfigDict,
+  data: TaskData,
+  method: Method,
+  params: dict,
+  metrics: dict,
+  workdir: str,
+) -> None:
   """``eval/bits_per_dim.png`` (per-task bars) and ``samples/<task>.png`` grids."""
   series = {method.name: metrics["bits_per_dim"]["per_task"]}
   if "source_bits_per_dim" in metrics:
     series["source (joint)"] = metrics["source_bits_per_dim"]["per_task"]
-  images.save_bar_chart(series, os.path.join(workdir, "eval", "bits_per_dim.png"),
-                        title=f"{data.name}: test bits/dim per task (step {metrics['step']})",
-                        ylabel="bits/dim")
+  images.save_bar_chart(
+    series,
+    os.path.join(workdir, "eval", "bits_per_dim.png"),
+    title=f"{data.name}: test bits/dim per task (step {metrics['step']})",
+    ylabel="bits/dim",
+  )
   descriptors = data.task_descriptors()
   key = jax.random.key(config.seed)
   for t, name in enumerate(data.task_names):
     cfg, weights, task_C = method.generator(params, t, descriptors[t])
-    save_samples(cfg, weights, task_C, config.samples.num_per_task, jax.random.fold_in(key, t),
-                 config.samples.temperature, data.image_shape, data.levels,
-                 os.path.join(workdir, "samples", f"{name}.png"))
+    save_samples(
+      cfg,
+      weights,
+      task_C,
+      config.samples.num_per_task,
+      jax.random.fold_in(key, t),
+      config.samples.temperature,
+      data.image_shape,
+      data.levels,
+      os.path.join(workdir, "samples", f"{name}.png"),
+    )
 
 
-def save_samples(cfg: ModelConfig, weights: dict, task_C: jax.Array | None, num: int,
-                 key: jax.Array, temperature: float, image_shape: tuple[int, int, int],
-                 levels: int, path: str) -> None:
+def save_samples(
+  cfg: ModelConfig,
+  weights: dict,
+  task_C: jax.Array | None,
+  num: int,
+  key: jax.Array,
+  temperature: float,
+  image_shape: tuple[int, int, int],
+  levels: int,
+  path: str,
+) -> None:
   """Draws ``num`` images from a model (KV-cached) and writes them as one PNG grid."""
   tokens = sampling.sample(cfg, weights, num, key, task_C, temperature)
   images.save_grid(images.tokens_to_images(jax.device_get(tokens), image_shape, levels), path)
@@ -71,8 +96,9 @@ class Emitted:
     return jax.tree.map(lambda w: w[i], self.weights)
 
 
-def emit_specialists(data: TaskData, method: Method, params: dict,
-                     task_ids: Sequence[int]) -> Emitted:
+def emit_specialists(
+  data: TaskData, method: Method, params: dict, task_ids: Sequence[int]
+) -> Emitted:
   """One jitted, vmapped ``method.specialist`` call for ``task_ids``; timed and scored.
 
   The call is timed after compiling it and running it once, so ``seconds`` is
@@ -80,8 +106,10 @@ def emit_specialists(data: TaskData, method: Method, params: dict,
   """
   cfg = method.specialist_config
   if cfg is None:
-    raise ValueError(f"mode {method.name!r} has no specialists to export; train mode "
-                     "'projectable' or 'specialists'")
+    raise ValueError(
+      f"mode {method.name!r} has no specialists to export; train mode "
+      "'projectable' or 'specialists'"
+    )
   task_ids = tuple(int(t) for t in task_ids)
   ids_T = jnp.asarray(task_ids, jnp.int32)
   tasks_TxC = jnp.asarray(data.task_descriptors()[list(task_ids)])
@@ -98,8 +126,9 @@ def emit_specialists(data: TaskData, method: Method, params: dict,
   return Emitted(cfg, task_ids, weights, seconds, compile_seconds, bpd)
 
 
-def task_test_bits_per_dim(data: TaskData, cfg: ModelConfig, weights_T: dict,
-                      task_ids: Sequence[int], chunk: int) -> dict[str, float]:
+def task_test_bits_per_dim(
+  data: TaskData, cfg: ModelConfig, weights_T: dict, task_ids: Sequence[int], chunk: int
+) -> dict[str, float]:
   """Mean test bits/dim of each stacked specialist on the images of its task."""
   task_ids = list(task_ids)
   total, count = np.zeros(len(task_ids)), np.zeros(len(task_ids))
@@ -121,29 +150,43 @@ def _image_nll(cfg: ModelConfig, weights_T: dict, tokens_TxNxL: jax.Array) -> ja
   return jax.vmap(one)(weights_T, tokens_TxNxL)
 
 
-def save_specialists(emitted: Emitted, data: TaskData, method: Method, step: int, out: str,
-                     overwrite: bool, source_weights: str = "best") -> list[str]:
+def save_specialists(
+  emitted: Emitted,
+  data: TaskData,
+  method: Method,
+  step: int,
+  out: str,
+  overwrite: bool,
+  source_weights: str = "best",
+) -> list[str]:
   """Writes each emitted specialist to ``out/<task>/`` with its metadata; returns the dirs."""
   paths = []
   for i, t in enumerate(emitted.task_ids):
     name = data.task_names[t]
     meta = {
-        "dataset": data.name, "image_shape": list(data.image_shape), "levels": data.levels,
-        "task": name, "task_classes": list(data.task_classes[t]),
-        "class_names": [data.class_names[c] for c in data.task_classes[t]],
-        "mode": method.name, "source_step": step, "source_weights": source_weights,
-        "test_bits_per_dim": emitted.test_bits_per_dim[name],
+      "dataset": data.name,
+      "image_shape": list(data.image_shape),
+      "levels": data.levels,
+      "task": name,
+      "task_classes": list(data.task_classes[t]),
+      "class_names": [data.class_names[c] for c in data.task_classes[t]],
+      "mode": method.name,
+      "source_step": step,
+      "source_weights": source_weights,
+      "test_bits_per_dim": emitted.test_bits_per_dim[name],
     }
     paths.append(os.path.join(out, name))
     save_specialist(paths[-1], emitted.cfg, emitted.weights_of(i), meta, overwrite=overwrite)
   return paths
 
 
-def export_specialists(data: TaskData, method: Method, params: dict, metrics: dict,
-                       workdir: str) -> None:
+def export_specialists(
+  data: TaskData, method: Method, params: dict, metrics: dict, workdir: str
+) -> None:
   """Writes every task's standalone small model to ``export/<task>/`` (modes that have them)."""
   if method.specialist_config is None:
     return
   emitted = emit_specialists(data, method, params, range(data.num_tasks))
-  save_specialists(emitted, data, method, metrics["step"], os.path.join(workdir, "export"),
-                   overwrite=True)
+  save_specialists(
+    emitted, data, method, metrics["step"], os.path.join(workdir, "export"), overwrite=True
+  )

@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 def abstract_like(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of ``tree`` (arrays or structs) with the given shardings."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 class Checkpoints:
@@ -29,11 +30,13 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int):
     self.state = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
     self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      os.path.join(os.path.abspath(workdir), "best"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+    )
 
   def latest_step(self) -> int | None:
     return self.state.latest_step()
@@ -45,8 +48,9 @@ class Checkpoints:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     self.state.save(step, args=ocp.args.Composite(**items))
 
-  def restore_state(self, abstract_state: Any, step: int | None = None,
-                    data_iter: Any = None) -> Any:
+  def restore_state(
+    self, abstract_state: Any, step: int | None = None, data_iter: Any = None
+  ) -> Any:
     """The train state; also restores ``data_iter`` in place where the step saved one."""
     step = self.state.latest_step() if step is None else step
     items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -55,8 +59,12 @@ class Checkpoints:
     return self.state.restore(step, args=ocp.args.Composite(**items)).state
 
   def save_best(self, step: int, params: Any, metrics: dict) -> None:
-    self.best.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)))
+    self.best.save(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)
+      ),
+    )
 
   def best_metrics(self) -> dict | None:
     step = self.best.latest_step()
@@ -67,7 +75,8 @@ class Checkpoints:
   def restore_best_params(self, abstract_params: Any) -> Any:
     step = self.best.latest_step()
     restored = self.best.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+      step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+    )
     return restored.params
 
   def wait(self) -> None:

@@ -44,8 +44,13 @@ def _scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections
   return config
 
 
-def method_config(base: ml_collections.ConfigDict, method: str, budget: str,
-                  data: data_lib.TaskData, source_workdir: str) -> ml_collections.ConfigDict:
+def method_config(
+  base: ml_collections.ConfigDict,
+  method: str,
+  budget: str,
+  data: data_lib.TaskData,
+  source_workdir: str,
+) -> ml_collections.ConfigDict:
   """The training config of one method under the matched budget."""
   config = base.copy_and_resolve_references()
   config.mode = "specialists" if method == "weight_selection_ft" else method
@@ -77,8 +82,9 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return {**json.loads(json.dumps(metrics)), "wall_s": wall_s}
 
 
-def weight_selection(config: ml_collections.ConfigDict, source_workdir: str,
-                     source_metrics: dict) -> dict:
+def weight_selection(
+  config: ml_collections.ConfigDict, source_workdir: str, source_metrics: dict
+) -> dict:
   """Test bits/dim of the fixed selection of the trained source, no training."""
   config = config.copy_and_resolve_references()
   config.mode, config.init.source_workdir = "specialists", source_workdir
@@ -87,13 +93,18 @@ def weight_selection(config: ml_collections.ConfigDict, source_workdir: str,
   with jax.set_mesh(mesh):
     method = make_method(config, data)
     trainer = Trainer(config, method, mesh)
-    params = warmstart.warm_params(method, method.init(jax.random.key(0)),
-                                   warmstart.load_source(config, data))
+    params = warmstart.warm_params(
+      method, method.init(jax.random.key(0)), warmstart.load_source(config, data)
+    )
     params = jax.device_put(params, trainer.param_shardings)
     test = trainer.evaluate(params, data, data.test)["main"]
-  return {"bits_per_dim": test, "num_params": method.num_params(params),
-          "train_flops": source_metrics["train_flops"], "wall_s": 0.0,
-          "final_step": {"step": 0}}
+  return {
+    "bits_per_dim": test,
+    "num_params": method.num_params(params),
+    "train_flops": source_metrics["train_flops"],
+    "wall_s": 0.0,
+    "final_step": {"step": 0},
+  }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -101,20 +112,28 @@ def summarize(runs: list[dict]) -> dict:
   means = [r["bits_per_dim"]["mean"] for r in runs]
   tasks = runs[0]["bits_per_dim"]["per_task"]
   return {
-      "bits_per_dim": {
-          "mean": float(np.mean(means)), "std": float(np.std(means)),
-          "per_seed": means,
-          "per_task": {t: float(np.mean([r["bits_per_dim"]["per_task"][t] for r in runs]))
-                       for t in tasks}},
-      "num_params_small": runs[0]["num_params"]["small"],
-      "train_flops": float(np.mean([r["train_flops"] for r in runs])),
-      "steps": runs[0]["final_step"]["step"],
-      "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+    "bits_per_dim": {
+      "mean": float(np.mean(means)),
+      "std": float(np.std(means)),
+      "per_seed": means,
+      "per_task": {
+        t: float(np.mean([r["bits_per_dim"]["per_task"][t] for r in runs])) for t in tasks
+      },
+    },
+    "num_params_small": runs[0]["num_params"]["small"],
+    "train_flops": float(np.mean([r["train_flops"] for r in runs])),
+    "steps": runs[0]["final_step"]["step"],
+    "wall_s": float(np.mean([r["wall_s"] for r in runs])),
   }
 
 
-def compare(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
-            budget: str, methods: tuple[str, ...] = METHODS) -> dict:
+def compare(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  seeds: list[int],
+  budget: str,
+  methods: tuple[str, ...] = METHODS,
+) -> dict:
   """Runs ``methods`` for each seed under ``budget``; writes comparison.{json,md,png}."""
   if budget not in ("steps", "flops"):
     raise ValueError(f"--budget={budget!r}: use 'steps' or 'flops'")
@@ -128,8 +147,11 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
     seeded.seed = seed
     source_dir = os.path.join(workdir, f"source_seed{seed}")
     needs_source = {"source", "weight_selection", "weight_selection_ft"} & set(methods)
-    source_metrics = (run_method(method_config(seeded, "source", budget, data, source_dir),
-                                 source_dir) if needs_source else None)
+    source_metrics = (
+      run_method(method_config(seeded, "source", budget, data, source_dir), source_dir)
+      if needs_source
+      else None
+    )
     for method in methods:
       if method == "source":
         runs[method].append(source_metrics)
@@ -141,8 +163,12 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
         if method == "weight_selection_ft":
           metrics["train_flops"] += source_metrics["train_flops"]
         runs[method].append(metrics)
-  result = {"dataset": data.name, "budget": budget, "seeds": seeds,
-            "methods": {m: summarize(r) for m, r in runs.items()}}
+  result = {
+    "dataset": data.name,
+    "budget": budget,
+    "seeds": seeds,
+    "methods": {m: summarize(r) for m, r in runs.items()},
+  }
   write_reports(result, workdir)
   return result
 
@@ -159,28 +185,36 @@ def _verdict(a: dict, b: dict) -> str:
 def markdown(result: dict) -> str:
   """A table a person reads, with the headline verdicts."""
   methods = result["methods"]
-  lines = [f"# {result['dataset']}: comparison at matched {result['budget']}, "
-           f"seeds {result['seeds']}", "",
-           "| method | test bits/dim (mean ± std) | small params | steps | train FLOPs | wall s |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    f"# {result['dataset']}: comparison at matched {result['budget']}, seeds {result['seeds']}",
+    "",
+    "| method | test bits/dim (mean ± std) | small params | steps | train FLOPs | wall s |",
+    "|---|---|---|---|---|---|",
+  ]
   for name, m in methods.items():
     bpd = m["bits_per_dim"]
-    lines.append(f"| {name} | {bpd['mean']:.4f} ± {bpd['std']:.4f} | {m['num_params_small']} "
-                 f"| {m['steps']} | {m['train_flops']:.3g} | {m['wall_s']:.0f} |")
+    lines.append(
+      f"| {name} | {bpd['mean']:.4f} ± {bpd['std']:.4f} | {m['num_params_small']} "
+      f"| {m['steps']} | {m['train_flops']:.3g} | {m['wall_s']:.0f} |"
+    )
   if "projectable" in methods:
     lines.append("")
     for other in ("universal", "specialists", "weight_selection_ft"):
       if other in methods:
-        lines.append(f"- projectable vs {other}: "
-                     f"{_verdict(methods['projectable'], methods[other])}")
+        lines.append(
+          f"- projectable vs {other}: {_verdict(methods['projectable'], methods[other])}"
+        )
     if "universal" in methods and "source" in methods:
-      gap = (methods["universal"]["bits_per_dim"]["mean"]
-             - methods["source"]["bits_per_dim"]["mean"])
-      closed = (methods["universal"]["bits_per_dim"]["mean"]
-                - methods["projectable"]["bits_per_dim"]["mean"])
-      lines.append(f"- fraction of the universal→source gap closed by projection: "
-                   f"{closed / gap:.2f}" if gap > 0 else "- the source is not better than "
-                   "the universal model here, so there is no gap to close")
+      gap = methods["universal"]["bits_per_dim"]["mean"] - methods["source"]["bits_per_dim"]["mean"]
+      closed = (
+        methods["universal"]["bits_per_dim"]["mean"]
+        - methods["projectable"]["bits_per_dim"]["mean"]
+      )
+      lines.append(
+        f"- fraction of the universal→source gap closed by projection: {closed / gap:.2f}"
+        if gap > 0
+        else "- the source is not better than the universal model here, so there is no gap to close"
+      )
   return "\n".join(lines) + "\n"
 
 
@@ -191,13 +225,17 @@ def write_reports(result: dict, workdir: str, name: str = "comparison") -> None:
   with open(os.path.join(workdir, f"{name}.md"), "w") as f:
     f.write(markdown(result))
   series = {m: v["bits_per_dim"]["per_task"] for m, v in result["methods"].items()}
-  images.save_bar_chart(series, os.path.join(workdir, f"{name}.png"),
-                        title=f"{result['dataset']}: test bits/dim per task "
-                              f"(matched {result['budget']})", ylabel="bits/dim")
+  images.save_bar_chart(
+    series,
+    os.path.join(workdir, f"{name}.png"),
+    title=f"{result['dataset']}: test bits/dim per task (matched {result['budget']})",
+    ylabel="bits/dim",
+  )
 
 
-def sweep(config: ml_collections.ConfigDict, workdir: str, field: str, values: list,
-          seeds: list[int]) -> dict:
+def sweep(
+  config: ml_collections.ConfigDict, workdir: str, field: str, values: list, seeds: list[int]
+) -> dict:
   """Projectable runs with ``config.<field>`` set to each value; writes sweep_<field>.*."""
   section, _, name = field.rpartition(".")
   runs = {}

@@ -79,8 +79,15 @@ def base_config() -> ConfigDict:
   c.sharding = ConfigDict()
   # Logical axis -> mesh axis (None = replicated). Small weights are always replicated.
   c.sharding.rules = ConfigDict(
-      {"batch": "data", "embed": None, "heads": "model", "mlp": "model",
-       "vocab": None, "layers": None})
+    {
+      "batch": "data",
+      "embed": None,
+      "heads": "model",
+      "mlp": "model",
+      "vocab": None,
+      "layers": None,
+    }
+  )
 
   c.init = ConfigDict()
   # A finished source/projectable run whose best source weights start this run
@@ -102,67 +109,136 @@ def _positive_int(config: ConfigDict, field: str) -> None:
   value = config
   for part in field.split("."):
     value = value[part]
-  _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, field, value,
-         "must be a positive integer")
+  _check(
+    isinstance(value, int) and not isinstance(value, bool) and value > 0,
+    field,
+    value,
+    "must be a positive integer",
+  )
 
 
 def validate(config: ConfigDict) -> None:
   """Checks every field's type and range before any data loading or compilation."""
   _check(config.mode in MODES, "mode", config.mode, f"must be one of {MODES}")
   _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
-  _check(isinstance(config.lambda_source, (int, float)) and config.lambda_source >= 0,
-         "lambda_source", config.lambda_source, "must be a number >= 0")
-  for field in ("data.levels", "train.num_steps", "train.batch_tasks",
-                "train.examples_per_task", "train.eval_every", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_chunk",
-                "samples.num_per_task"):
+  _check(
+    isinstance(config.lambda_source, (int, float)) and config.lambda_source >= 0,
+    "lambda_source",
+    config.lambda_source,
+    "must be a number >= 0",
+  )
+  for field in (
+    "data.levels",
+    "train.num_steps",
+    "train.batch_tasks",
+    "train.examples_per_task",
+    "train.eval_every",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.eval_chunk",
+    "samples.num_per_task",
+  ):
     _positive_int(config, field)
   _check(config.data.levels >= 2, "data.levels", config.data.levels, "must be >= 2")
   _positive_int(config, "data.downsample")
   for field in ("tfds_data_dir", "path", "test_path", "tasks"):
-    _check(isinstance(config.data[field], str), f"data.{field}", config.data[field],
-           "must be a string")
+    _check(
+      isinstance(config.data[field], str), f"data.{field}", config.data[field], "must be a string"
+    )
   for field in ("val_fraction", "test_fraction"):
     value = config.data[field]
-    _check(isinstance(value, float) and 0 < value < 0.5, f"data.{field}", value,
-           "must be a float in (0, 0.5)")
+    _check(
+      isinstance(value, float) and 0 < value < 0.5,
+      f"data.{field}",
+      value,
+      "must be a float in (0, 0.5)",
+    )
   train = config.train
-  _check(isinstance(train.learning_rate, float) and train.learning_rate > 0,
-         "train.learning_rate", train.learning_rate, "must be a float > 0")
-  _check(isinstance(train.warmup_steps, int) and 0 <= train.warmup_steps < train.num_steps,
-         "train.warmup_steps", train.warmup_steps, "must be an integer in [0, num_steps)")
+  _check(
+    isinstance(train.learning_rate, float) and train.learning_rate > 0,
+    "train.learning_rate",
+    train.learning_rate,
+    "must be a float > 0",
+  )
+  _check(
+    isinstance(train.warmup_steps, int) and 0 <= train.warmup_steps < train.num_steps,
+    "train.warmup_steps",
+    train.warmup_steps,
+    "must be an integer in [0, num_steps)",
+  )
   for field in ("weight_decay", "grad_clip"):
-    _check(isinstance(train[field], (int, float)) and train[field] >= 0, f"train.{field}",
-           train[field], "must be a number >= 0")
+    _check(
+      isinstance(train[field], (int, float)) and train[field] >= 0,
+      f"train.{field}",
+      train[field],
+      "must be a number >= 0",
+    )
   for name in ("model", "small"):
     for field in ("d", "heads", "mlp_dim", "depth"):
       _positive_int(config, f"{name}.{field}")
     m = config[name]
     _check(m.d % m.heads == 0, f"{name}.heads", m.heads, f"must divide {name}.d={m.d}")
-    _check(isinstance(m.dropout, float) and 0 <= m.dropout < 1, f"{name}.dropout", m.dropout,
-           "must be a float in [0, 1)")
+    _check(
+      isinstance(m.dropout, float) and 0 <= m.dropout < 1,
+      f"{name}.dropout",
+      m.dropout,
+      "must be a float in [0, 1)",
+    )
   src, small = config.model, config.small
   _check(small.d <= src.d, "small.d", small.d, f"must be <= model.d={src.d}")
-  _check(small.mlp_dim <= src.mlp_dim, "small.mlp_dim", small.mlp_dim,
-         f"must be <= model.mlp_dim={src.mlp_dim}")
-  _check(small.heads <= src.heads, "small.heads", small.heads,
-         f"must be <= model.heads={src.heads}")
-  _check(small.d // small.heads <= src.d // src.heads, "small.heads", small.heads,
-         f"gives head width {small.d // small.heads} > the source's {src.d // src.heads}")
+  _check(
+    small.mlp_dim <= src.mlp_dim,
+    "small.mlp_dim",
+    small.mlp_dim,
+    f"must be <= model.mlp_dim={src.mlp_dim}",
+  )
+  _check(
+    small.heads <= src.heads, "small.heads", small.heads, f"must be <= model.heads={src.heads}"
+  )
+  _check(
+    small.d // small.heads <= src.d // src.heads,
+    "small.heads",
+    small.heads,
+    f"gives head width {small.d // small.heads} > the source's {src.d // src.heads}",
+  )
   if config.mode == "projectable":
-    _check(small.depth == src.depth, "small.depth", small.depth,
-           f"must equal model.depth={src.depth} in projectable mode")
+    _check(
+      small.depth == src.depth,
+      "small.depth",
+      small.depth,
+      f"must equal model.depth={src.depth} in projectable mode",
+    )
   n_src = config.source_examples_per_task
-  _check(isinstance(n_src, int) and (n_src == -1 or 1 <= n_src <= train.examples_per_task),
-         "source_examples_per_task", n_src,
-         f"must be -1 (all) or in [1, train.examples_per_task={train.examples_per_task}]")
-  _check(isinstance(config.projector.rank, int) and config.projector.rank >= 0,
-         "projector.rank", config.projector.rank, "must be an integer >= 0")
-  _check(config.projector.form in FORMS, "projector.form", config.projector.form,
-         f"must be one of {FORMS}")
-  _check(isinstance(config.samples.temperature, float) and config.samples.temperature >= 0,
-         "samples.temperature", config.samples.temperature, "must be a float >= 0")
+  _check(
+    isinstance(n_src, int) and (n_src == -1 or 1 <= n_src <= train.examples_per_task),
+    "source_examples_per_task",
+    n_src,
+    f"must be -1 (all) or in [1, train.examples_per_task={train.examples_per_task}]",
+  )
+  _check(
+    isinstance(config.projector.rank, int) and config.projector.rank >= 0,
+    "projector.rank",
+    config.projector.rank,
+    "must be an integer >= 0",
+  )
+  _check(
+    config.projector.form in FORMS,
+    "projector.form",
+    config.projector.form,
+    f"must be one of {FORMS}",
+  )
+  _check(
+    isinstance(config.samples.temperature, float) and config.samples.temperature >= 0,
+    "samples.temperature",
+    config.samples.temperature,
+    "must be a float >= 0",
+  )
   sizes = parse_mesh(config.mesh, jax.device_count())
   for field in ("examples_per_task", "eval_chunk"):
-    _check(train[field] % sizes["data"] == 0, f"train.{field}", train[field],
-           f"must be divisible by the mesh's data axis ({sizes['data']})")
+    _check(
+      train[field] % sizes["data"] == 0,
+      f"train.{field}",
+      train[field],
+      f"must be divisible by the mesh's data axis ({sizes['data']})",
+    )

@@ -148,7 +148,7 @@ def preprocess(images: np.ndarray, max_value: float, levels: int, factor: int) -
 
 
 def split_per_class(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+  labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Seeded, stratified train/val/test index split (each class split alike)."""
   rng = np.random.default_rng(seed)
@@ -158,8 +158,8 @@ def split_per_class(
     n_test = round(len(idx) * test_fraction)
     n_val = round(len(idx) * val_fraction)
     parts[2].append(idx[:n_test])
-    parts[1].append(idx[n_test:n_test + n_val])
-    parts[0].append(idx[n_test + n_val:])
+    parts[1].append(idx[n_test : n_test + n_val])
+    parts[0].append(idx[n_test + n_val :])
   return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
@@ -167,8 +167,9 @@ def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
-def parse_tasks(spec: str | Mapping[str, Sequence[int | str]], class_names: Sequence[str]
-                ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+def parse_tasks(
+  spec: str | Mapping[str, Sequence[int | str]], class_names: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
   """Task names and class sets from ``config.data.tasks``.
 
   ``''``: one task per class, named after it (lower case, runs of other
@@ -193,8 +194,10 @@ def parse_tasks(spec: str | Mapping[str, Sequence[int | str]], class_names: Sequ
   names, classes = [], []
   for name, members in items:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in names:
-      raise ValueError(f"config.data.tasks: task name {name!r} is empty, repeated or not "
-                       "made of letters, digits, '_', '.', '-' (it names files)")
+      raise ValueError(
+        f"config.data.tasks: task name {name!r} is empty, repeated or not "
+        "made of letters, digits, '_', '.', '-' (it names files)"
+      )
     if not members:
       raise ValueError(f"config.data.tasks: task {name!r} is empty; give it at least one class")
     names.append(name)
@@ -208,11 +211,15 @@ def _class_index(member: int | str, class_names: Sequence[str], task: str) -> in
   elif member in class_names:
     c = list(class_names).index(member)
   else:
-    raise ValueError(f"config.data.tasks: class {member!r} of task {task!r} is neither an "
-                     f"index nor one of the class names {tuple(class_names)}")
+    raise ValueError(
+      f"config.data.tasks: class {member!r} of task {task!r} is neither an "
+      f"index nor one of the class names {tuple(class_names)}"
+    )
   if not 0 <= c < len(class_names):
-    raise ValueError(f"config.data.tasks: class {c} of task {task!r} is outside the dataset's "
-                     f"classes 0..{len(class_names) - 1}")
+    raise ValueError(
+      f"config.data.tasks: class {c} of task {task!r} is outside the dataset's "
+      f"classes 0..{len(class_names) - 1}"
+    )
   return c
 
 
@@ -227,14 +234,21 @@ def load_digits(levels: int, val_fraction: float, test_fraction: float, seed: in
   train, val, test = split_per_class(labels, val_fraction, test_fraction, seed)
   names = tuple(str(c) for c in range(10))
   return TaskData(
-      name="digits", image_shape=(8, 8, 1), levels=levels, class_names=names,
-      task_names=names, task_classes=tuple((c,) for c in range(10)),
-      train=Split(tokens[train], labels[train]), val=Split(tokens[val], labels[val]),
-      test=Split(tokens[test], labels[test]))
+    name="digits",
+    image_shape=(8, 8, 1),
+    levels=levels,
+    class_names=names,
+    task_names=names,
+    task_classes=tuple((c,) for c in range(10)),
+    train=Split(tokens[train], labels[train]),
+    val=Split(tokens[val], labels[val]),
+    test=Split(tokens[test], labels[test]),
+  )
 
 
-def _read_all(source: Sequence[dict], levels: int, max_value: float, factor: int,
-              image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _read_all(
+  source: Sequence[dict], levels: int, max_value: float, factor: int, image_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
   """Every record of ``source`` as (tokens (N, L) int32, labels (N,) int32)."""
   tokens, labels = [], []
   for start in range(0, len(source), _READ_CHUNK):
@@ -252,30 +266,40 @@ def tokenise(source: Source, cfg) -> TaskData:
   factor = cfg.get("downsample", 1)
   h, w, c = source.image_shape
   if h % factor or w % factor:
-    raise ValueError(f"config.data.downsample={factor} does not divide {source.name}'s "
-                     f"image size {h}x{w}")
-  tokens, labels = _read_all(source.train, cfg.levels, source.max_value, factor,
-                             source.image_shape)
+    raise ValueError(
+      f"config.data.downsample={factor} does not divide {source.name}'s image size {h}x{w}"
+    )
+  tokens, labels = _read_all(source.train, cfg.levels, source.max_value, factor, source.image_shape)
   if source.test is None:
-    train, val, test = split_per_class(labels, cfg.val_fraction, cfg.test_fraction,
-                                       cfg.split_seed)
+    train, val, test = split_per_class(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     test_split = Split(tokens[test], labels[test])
   else:
     train, val, _ = split_per_class(labels, cfg.val_fraction, 0.0, cfg.split_seed)
-    test_split = Split(*_read_all(source.test, cfg.levels, source.max_value, factor,
-                                  source.image_shape))
+    test_split = Split(
+      *_read_all(source.test, cfg.levels, source.max_value, factor, source.image_shape)
+    )
   task_names, task_classes = parse_tasks(cfg.get("tasks", ""), source.class_names)
   data = TaskData(
-      name=source.name, image_shape=(h // factor, w // factor, c), levels=cfg.levels,
-      class_names=source.class_names, task_names=task_names, task_classes=task_classes,
-      train=Split(tokens[train], labels[train]), val=Split(tokens[val], labels[val]),
-      test=test_split, train_records=Records(source.train, train.astype(np.int64),
-                                             source.max_value, factor, cfg.levels))
+    name=source.name,
+    image_shape=(h // factor, w // factor, c),
+    levels=cfg.levels,
+    class_names=source.class_names,
+    task_names=task_names,
+    task_classes=task_classes,
+    train=Split(tokens[train], labels[train]),
+    val=Split(tokens[val], labels[val]),
+    test=test_split,
+    train_records=Records(
+      source.train, train.astype(np.int64), source.max_value, factor, cfg.levels
+    ),
+  )
   for split_name in ("train", "val", "test"):
     for name, pool in zip(task_names, data.task_indices(getattr(data, split_name)), strict=True):
       if not len(pool):
-        raise ValueError(f"task {name!r} of dataset {source.name!r} has no examples in the "
-                         f"{split_name} split; check config.data.tasks and the data's labels")
+        raise ValueError(
+          f"task {name!r} of dataset {source.name!r} has no examples in the "
+          f"{split_name} split; check config.data.tasks and the data's labels"
+        )
   return data
 
 
@@ -312,9 +336,9 @@ class TaskBatcher:
       tasks = np.sort(rng.choice(num_tasks, self.batch_tasks, replace=False))
     idx = np.stack([rng.choice(self.pools[t], self.examples_per_task) for t in tasks])
     return {
-        "tokens": self.data.train.tokens[idx],  # (M, N, L)
-        "task_id": tasks.astype(np.int32),  # (M,)
-        "task": self.descriptors[tasks],  # (M, C)
+      "tokens": self.data.train.tokens[idx],  # (M, N, L)
+      "task_id": tasks.astype(np.int32),  # (M,)
+      "task": self.descriptors[tasks],  # (M, C)
     }
 
 
@@ -328,8 +352,8 @@ def eval_arrays(data: TaskData, split: Split, chunk: int) -> list[dict[str, np.n
     tokens = np.zeros((data.num_tasks, chunk, data.seq_len), np.int32)
     mask = np.zeros((data.num_tasks, chunk), np.float32)
     for t, pool in enumerate(pools):
-      part = pool[c * chunk:(c + 1) * chunk]
-      tokens[t, :len(part)] = split.tokens[part]
-      mask[t, :len(part)] = 1.0
+      part = pool[c * chunk : (c + 1) * chunk]
+      tokens[t, : len(part)] = split.tokens[part]
+      mask[t, : len(part)] = 1.0
     chunks.append({"tokens": tokens, "mask": mask})
   return chunks

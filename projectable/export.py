@@ -50,8 +50,9 @@ def _saved_steps(workdir: str, kind: str) -> list[int]:
   root = os.path.join(workdir, kind)
   if not os.path.isdir(root):
     return []
-  return sorted(int(n) for n in os.listdir(root)
-                if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+  return sorted(
+    int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n))
+  )
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:
@@ -61,14 +62,17 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   if step is None:
     best = _saved_steps(workdir, "best")
     if not best:
-      raise FileNotFoundError(f"{workdir} has no best-on-validation checkpoint (best/<step>/); "
-                              "has its training reached an evaluation?")
+      raise FileNotFoundError(
+        f"{workdir} has no best-on-validation checkpoint (best/<step>/); "
+        "has its training reached an evaluation?"
+      )
     chosen, weights = best[-1], "best"
   else:
     saved = _saved_steps(workdir, "checkpoints")
     if step not in saved:
-      raise FileNotFoundError(f"{workdir}/checkpoints has no step {step}; saved steps: "
-                              f"{saved or 'none'}")
+      raise FileNotFoundError(
+        f"{workdir}/checkpoints has no step {step}; saved steps: {saved or 'none'}"
+      )
     chosen, weights = step, "checkpoint"
   method, params, data = train.restore_params(config, workdir, step)
   return Run(config, method, params, data, chosen, weights)
@@ -85,8 +89,10 @@ def resolve_tasks(spec: str, task_names: tuple[str, ...]) -> list[int]:
     elif item.isdigit() and int(item) < len(task_names):
       t = int(item)
     else:
-      raise ValueError(f"unknown task {item!r}; valid tasks: {', '.join(task_names)} (by name, "
-                       f"or by index 0..{len(task_names) - 1}), or 'all'")
+      raise ValueError(
+        f"unknown task {item!r}; valid tasks: {', '.join(task_names)} (by name, "
+        f"or by index 0..{len(task_names) - 1}), or 'all'"
+      )
     if t not in ids:
       ids.append(t)
   if not ids:
@@ -97,12 +103,20 @@ def resolve_tasks(spec: str, task_names: tuple[str, ...]) -> list[int]:
 def _check_free(paths: list[str], overwrite: bool) -> None:
   taken = [p for p in paths if os.path.exists(p) and (not os.path.isdir(p) or os.listdir(p))]
   if taken and not overwrite:
-    raise FileExistsError(f"not overwriting {', '.join(taken)}; pass --overwrite "
-                          "(overwrite=True) to replace the specialists there")
+    raise FileExistsError(
+      f"not overwriting {', '.join(taken)}; pass --overwrite "
+      "(overwrite=True) to replace the specialists there"
+    )
 
 
-def export(workdir: str, out: str, tasks: str = "all", step: int | None = None,
-           overwrite: bool = False, fmt: str = "orbax") -> dict:
+def export(
+  workdir: str,
+  out: str,
+  tasks: str = "all",
+  step: int | None = None,
+  overwrite: bool = False,
+  fmt: str = "orbax",
+) -> dict:
   """Exports the specialists of ``tasks`` from ``workdir`` to ``out/<task>/``.
 
   Returns a summary: source step and weights, tasks, directories, the time of
@@ -113,18 +127,27 @@ def export(workdir: str, out: str, tasks: str = "all", step: int | None = None,
     raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
   config = read_config(os.path.abspath(workdir))
   if modes.METHODS[config.mode].specialist is modes.Method.specialist:  # Kept the default.
-    raise ValueError(f"mode {config.mode!r} has no specialists to export (only 'projectable' "
-                     "and 'specialists' do); sample it with launch/sample.py --workdir")
+    raise ValueError(
+      f"mode {config.mode!r} has no specialists to export (only 'projectable' "
+      "and 'specialists' do); sample it with launch/sample.py --workdir"
+    )
   run = load_run(workdir, step)
   task_ids = resolve_tasks(tasks, run.data.task_names)
   names = [run.data.task_names[t] for t in task_ids]
   _check_free([os.path.join(out, name) for name in names], overwrite)
   emitted = artifacts.emit_specialists(run.data, run.method, run.params, task_ids)
-  paths = artifacts.save_specialists(emitted, run.data, run.method, run.step, out, overwrite,
-                                     run.weights)
+  paths = artifacts.save_specialists(
+    emitted, run.data, run.method, run.step, out, overwrite, run.weights
+  )
   if fmt == "tflite":
     for i, path in enumerate(paths):
       tflite.convert(emitted.cfg, emitted.weights_of(i), path)
-  return {"step": run.step, "weights": run.weights, "tasks": names, "paths": paths,
-          "emit_seconds": emitted.seconds, "compile_seconds": emitted.compile_seconds,
-          "test_bits_per_dim": emitted.test_bits_per_dim}
+  return {
+    "step": run.step,
+    "weights": run.weights,
+    "tasks": names,
+    "paths": paths,
+    "emit_seconds": emitted.seconds,
+    "compile_seconds": emitted.compile_seconds,
+    "test_bits_per_dim": emitted.test_bits_per_dim,
+  }

@@ -33,8 +33,9 @@ def forward_flops_per_sequence(cfg: ModelConfig) -> int:
 def train_flops_per_sequence(cfg: ModelConfig) -> float:
   """Forward + backward FLOPs of one sequence, elementwise work included."""
   residual = EW_PER_RESIDUAL + (EW_PER_DROPOUT if cfg.dropout > 0 else 0.0)
-  elementwise = cfg.depth * (EW_PER_SCORE * cfg.seq_len * cfg.heads
-                             + EW_PER_MLP_UNIT * cfg.mlp_dim + residual * cfg.d)
+  elementwise = cfg.depth * (
+    EW_PER_SCORE * cfg.seq_len * cfg.heads + EW_PER_MLP_UNIT * cfg.mlp_dim + residual * cfg.d
+  )
   return TRAIN_FACTOR * forward_flops_per_sequence(cfg) + cfg.seq_len * elementwise
 
 
@@ -51,8 +52,12 @@ def projection_flops(src: ModelConfig, small: ModelConfig, rank: int, form: str)
   maps = [(d, ds)] + [(a, a_s)] * (2 * src.depth) + [(f, fs)] * src.depth
   per_map = 2 if form == "factored" else 1  # U diag(z) V^T or sum_i z_i A_i
   build = sum(per_map * i * o * rank for i, o in maps) if rank else 0
-  layer = (3 * _map_weight(ds, d, a, a_s) + _map_weight(a_s, a, d, ds)
-           + _map_weight(ds, d, f, fs) + _map_weight(fs, f, d, ds))
+  layer = (
+    3 * _map_weight(ds, d, a, a_s)
+    + _map_weight(a_s, a, d, ds)
+    + _map_weight(ds, d, f, fs)
+    + _map_weight(fs, f, d, ds)
+  )
   vectors = 2 * d * ds * (src.seq_len + src.vocab_size + 6 * src.depth + 3)
   return build + src.depth * layer + vectors
 
@@ -63,8 +68,11 @@ def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float
   sequences = train.batch_tasks * train.examples_per_task
   if isinstance(method, ProjectableMethod):
     flops = sequences * train_flops_per_sequence(method.small)
-    flops += TRAIN_FACTOR * train.batch_tasks * projection_flops(
-        method.src, method.small, method.proj.rank, method.proj.form)
+    flops += (
+      TRAIN_FACTOR
+      * train.batch_tasks
+      * projection_flops(method.src, method.small, method.proj.rank, method.proj.form)
+    )
     if method.uses_source_loss:
       n_src = config.source_examples_per_task
       src_sequences = sequences if n_src == -1 else train.batch_tasks * n_src

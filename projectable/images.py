@@ -13,7 +13,7 @@ SEPARATOR = 128  # Grey between tiles, distinct from black background and white 
 
 
 def tokens_to_images(
-    tokens_NxL: np.ndarray, image_shape: tuple[int, int, int], levels: int
+  tokens_NxL: np.ndarray, image_shape: tuple[int, int, int], levels: int
 ) -> np.ndarray:
   """uint8 images (N, H, W, C) in 0..255 from tokens in 0..levels-1 (raster order)."""
   tokens_NxL = np.asarray(tokens_NxL)
@@ -32,7 +32,7 @@ def grid_size(num: int, height: int, width: int, cols: int, scale: int) -> tuple
 
 
 def save_grid(
-    images_NxHxWxC: np.ndarray, path: str, cols: int | None = None, scale: int | None = None
+  images_NxHxWxC: np.ndarray, path: str, cols: int | None = None, scale: int | None = None
 ) -> None:
   """Writes the images as one PNG grid, tiles 1 pixel apart, grey where no tile.
 
@@ -52,14 +52,12 @@ def save_grid(
   canvas_HxWxC = np.full((height, width, c), SEPARATOR, np.uint8)
   for i, tile in enumerate(tiles):
     top, left = (i // cols) * (h * scale + 1), (i % cols) * (w * scale + 1)
-    canvas_HxWxC[top:top + h * scale, left:left + w * scale] = tile
+    canvas_HxWxC[top : top + h * scale, left : left + w * scale] = tile
   _make_parent(path)
   Image.fromarray(canvas_HxWxC[..., 0] if c == 1 else canvas_HxWxC).save(path, format="PNG")
 
 
-def save_bar_chart(
-    series: dict[str, dict[str, float]], path: str, title: str, ylabel: str
-) -> None:
+def save_bar_chart(series: dict[str, dict[str, float]], path: str, title: str, ylabel: str) -> None:
   """Grouped bars: one group per task, one colour per series ({series: {task: value}}).
 
   Tasks are ordered as first seen; a task missing from a series has no bar there.

@@ -92,8 +92,9 @@ class Blocks(nnx.Module):
     def body(x, layer):
       w, key = layer
       k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
-      x = x + dropout(attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"]), w, self.heads),
-                      self.dropout, k_attn)
+      x = x + dropout(
+        attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"]), w, self.heads), self.dropout, k_attn
+      )
       x = x + dropout(mlp(layer_norm(x, w["ln2_scale"], w["ln2_bias"]), w), self.dropout, k_mlp)
       return x, None
 
@@ -132,14 +133,12 @@ class Transformer(nnx.Module):
     return x_BxLxD + self.pos_embed[...][None, : tokens_BxL.shape[1]]
 
   def __call__(
-      self,
-      tokens_BxL: jax.Array,
-      task_BxC: jax.Array | None = None,
-      dropout_key: jax.Array | None = None,
+    self,
+    tokens_BxL: jax.Array,
+    task_BxC: jax.Array | None = None,
+    dropout_key: jax.Array | None = None,
   ) -> jax.Array:
-    k_embed, k_blocks = (
-        jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-    )
+    k_embed, k_blocks = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     x_BxLxD = dropout(self.embed(tokens_BxL, task_BxC), self.cfg.dropout, k_embed)
     x_BxLxD = self.blocks(x_BxLxD, k_blocks)
     x_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...])
@@ -201,8 +200,10 @@ def logical_axes(cfg: ModelConfig) -> dict:
   model = nnx.eval_shape(lambda: Transformer(cfg, jax.random.key(0)))
   state = nnx.state(model)
   return nnx.to_pure_dict(
-      jax.tree.map(lambda v: v.get_metadata()["axes"], state,
-                   is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    jax.tree.map(
+      lambda v: v.get_metadata()["axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
+  )
 
 
 @functools.lru_cache(maxsize=64)
@@ -211,11 +212,11 @@ def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
 
 
 def apply(
-    cfg: ModelConfig,
-    params: dict,
-    tokens_BxL: jax.Array,
-    task_BxC: jax.Array | None = None,
-    dropout_key: jax.Array | None = None,
+  cfg: ModelConfig,
+  params: dict,
+  tokens_BxL: jax.Array,
+  task_BxC: jax.Array | None = None,
+  dropout_key: jax.Array | None = None,
 ) -> jax.Array:
   """Runs the model whose weights are the plain dict ``params``; returns logits."""
   return nnx.merge(graphdef(cfg), params)(tokens_BxL, task_BxC, dropout_key)

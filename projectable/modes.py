@@ -25,26 +25,37 @@ from projectable.model import ModelConfig
 
 def source_config(config: ml_collections.ConfigDict, data: TaskData) -> ModelConfig:
   m = config.model
-  return ModelConfig(data.levels, data.seq_len, data.num_classes, m.d, m.heads, m.mlp_dim,
-                     m.depth, m.dropout)
+  return ModelConfig(
+    data.levels, data.seq_len, data.num_classes, m.d, m.heads, m.mlp_dim, m.depth, m.dropout
+  )
 
 
 def small_config(
-    config: ml_collections.ConfigDict, data: TaskData, conditional: bool
+  config: ml_collections.ConfigDict, data: TaskData, conditional: bool
 ) -> ModelConfig:
   s = config.small
-  return ModelConfig(data.levels, data.seq_len, data.num_classes if conditional else 0, s.d,
-                     s.heads, s.mlp_dim, s.depth, s.dropout)
+  return ModelConfig(
+    data.levels,
+    data.seq_len,
+    data.num_classes if conditional else 0,
+    s.d,
+    s.heads,
+    s.mlp_dim,
+    s.depth,
+    s.dropout,
+  )
 
 
 def _replicated_axes(axes_tree):
-  return jax.tree.map(lambda a: (None,) * len(a), axes_tree,
-                      is_leaf=lambda x: isinstance(x, tuple))
+  return jax.tree.map(lambda a: (None,) * len(a), axes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def conditional_nll(
-    cfg: ModelConfig, params: dict, tokens_MxNxL: jax.Array, task_MxC: jax.Array,
-    key: jax.Array | None,
+  cfg: ModelConfig,
+  params: dict,
+  tokens_MxNxL: jax.Array,
+  task_MxC: jax.Array,
+  key: jax.Array | None,
 ) -> jax.Array:
   """Per-pixel NLL (M, N, L) of a task-conditional model."""
   m, n, l = tokens_MxNxL.shape
@@ -54,7 +65,7 @@ def conditional_nll(
 
 
 def per_task_nll(
-    cfg: ModelConfig, params_M: dict, tokens_MxNxL: jax.Array, key: jax.Array | None
+  cfg: ModelConfig, params_M: dict, tokens_MxNxL: jax.Array, key: jax.Array | None
 ) -> jax.Array:
   """Per-pixel NLL (M, N, L) of M unconditional models, each on its own images."""
   keys = jax.random.split(key, tokens_MxNxL.shape[0]) if key is not None else None
@@ -83,14 +94,14 @@ class Method:
 
   def trainable(self) -> dict:
     """Same tree as the params; False marks weights the optimizer must not touch."""
-    return jax.tree.map(lambda _: True, self.logical_axes(),
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(lambda _: True, self.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
 
   def loss(self, params: dict, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
     raise NotImplementedError
 
-  def task_nll(self, params: dict, tokens_NxL: jax.Array, task_id: jax.Array,
-               task_C: jax.Array) -> dict[str, jax.Array]:
+  def task_nll(
+    self, params: dict, tokens_NxL: jax.Array, task_id: jax.Array, task_C: jax.Array
+  ) -> dict[str, jax.Array]:
     """Mean per-pixel NLL of each image of one task: {'main': (N,), ...}."""
     raise NotImplementedError
 
@@ -102,8 +113,9 @@ class Method:
   def specialist_config(self) -> ModelConfig | None:
     return None
 
-  def generator(self, params: dict, task_id: jax.Array,
-                task_C: jax.Array) -> tuple[ModelConfig, dict, jax.Array | None]:
+  def generator(
+    self, params: dict, task_id: jax.Array, task_C: jax.Array
+  ) -> tuple[ModelConfig, dict, jax.Array | None]:
     """(architecture, weights, descriptor or None) of the model that samples a task."""
     return self.specialist_config, self.specialist(params, task_id, task_C), None
 
@@ -176,8 +188,9 @@ class SpecialistsMethod(Method):
 
   def logical_axes(self):
     axes = _replicated_axes(model.logical_axes(self.small))
-    return {"small": jax.tree.map(lambda a: (None, *a), axes,
-                                  is_leaf=lambda x: isinstance(x, tuple))}
+    return {
+      "small": jax.tree.map(lambda a: (None, *a), axes, is_leaf=lambda x: isinstance(x, tuple))
+    }
 
   def loss(self, params, batch, key):
     params_M = jax.tree.map(lambda p: p[batch["task_id"]], params["small"])
@@ -193,8 +206,11 @@ class SpecialistsMethod(Method):
 
   def task_nll(self, params, tokens_NxL, task_id, task_C):
     small = self.specialist(params, task_id, task_C)
-    return {"main": per_task_nll(self.small, jax.tree.map(lambda p: p[None], small),
-                                 tokens_NxL[None], None)[0].mean(-1)}
+    return {
+      "main": per_task_nll(
+        self.small, jax.tree.map(lambda p: p[None], small), tokens_NxL[None], None
+      )[0].mean(-1)
+    }
 
   def num_params(self, params):
     per_task = model.num_params(params["small"]) // self.data.num_tasks
@@ -212,12 +228,16 @@ class ProjectableMethod(Method):
 
   def init(self, key):
     k_src, k_proj = jax.random.split(key)
-    return {"source": model.init_params(self.src, k_src),
-            "projector": projector.init_projector(self.src, self.small, self.proj, k_proj)}
+    return {
+      "source": model.init_params(self.src, k_src),
+      "projector": projector.init_projector(self.src, self.small, self.proj, k_proj),
+    }
 
   def logical_axes(self):
-    return {"source": model.logical_axes(self.src),
-            "projector": projector.logical_axes(self.src, self.small, self.proj)}
+    return {
+      "source": model.logical_axes(self.src),
+      "projector": projector.logical_axes(self.src, self.small, self.proj),
+    }
 
   def trainable(self):
     trainable = super().trainable()
@@ -235,13 +255,15 @@ class ProjectableMethod(Method):
   def loss(self, params, batch, key):
     k_small, k_src = jax.random.split(key)
     small_M = jax.vmap(projector.project, in_axes=(None, None, 0))(
-        params["source"], params["projector"], batch["task"])
+      params["source"], params["projector"], batch["task"]
+    )
     projected = per_task_nll(self.small, small_M, batch["tokens"], k_small).mean()
     metrics = {"nll": projected}
     loss = projected
     if self.uses_source_loss:
-      source = conditional_nll(self.src, params["source"], self.source_tokens(batch["tokens"]),
-                               batch["task"], k_src).mean()
+      source = conditional_nll(
+        self.src, params["source"], self.source_tokens(batch["tokens"]), batch["task"], k_src
+      ).mean()
       loss = loss + self.config.lambda_source * source
       metrics["source_nll"] = source
     return loss, metrics
@@ -264,12 +286,14 @@ class ProjectableMethod(Method):
 
   def num_params(self, params):
     small = jax.eval_shape(lambda: model.init_params(self.small, jax.random.key(0)))
-    return {"source": model.num_params(params["source"]), "small": model.num_params(small),
-            "projector": model.num_params(params["projector"])}
+    return {
+      "source": model.num_params(params["source"]),
+      "small": model.num_params(small),
+      "projector": model.num_params(params["projector"]),
+    }
 
 
-METHODS = {m.name: m for m in (SourceMethod, UniversalMethod, SpecialistsMethod,
-                                ProjectableMethod)}
+METHODS = {m.name: m for m in (SourceMethod, UniversalMethod, SpecialistsMethod, ProjectableMethod)}
 
 
 def make_method(config: ml_collections.ConfigDict, data: TaskData) -> Method:

@@ -39,14 +39,24 @@ def host_rows(num_examples: int, process_index: int, process_count: int) -> np.n
 class TaskBatch:
   """step -> this host's task-grouped batch (a pure function of the step)."""
 
-  def __init__(self, data: TaskData, batch_tasks: int, examples_per_task: int, seed: int,
-               process_index: int, process_count: int):
+  def __init__(
+    self,
+    data: TaskData,
+    batch_tasks: int,
+    examples_per_task: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+  ):
     if not 0 < batch_tasks <= data.num_tasks:
-      raise ValueError(f"batch_tasks={batch_tasks} must be in [1, {data.num_tasks}], the "
-                       f"number of tasks of dataset {data.name!r}")
+      raise ValueError(
+        f"batch_tasks={batch_tasks} must be in [1, {data.num_tasks}], the "
+        f"number of tasks of dataset {data.name!r}"
+      )
     if examples_per_task % process_count:
-      raise ValueError(f"examples_per_task={examples_per_task} is not divisible by the "
-                       f"{process_count} processes")
+      raise ValueError(
+        f"examples_per_task={examples_per_task} is not divisible by the {process_count} processes"
+      )
     self.data, self.batch_tasks, self.seed = data, batch_tasks, seed
     self.local_examples = examples_per_task // process_count
     self.rows = host_rows(len(data.train.labels), process_index, process_count)
@@ -55,8 +65,9 @@ class TaskBatch:
     for name, classes in zip(data.task_names, data.task_classes, strict=True):
       self.pools.append(self.rows[np.isin(local, classes)])
       if not len(self.pools[-1]):
-        raise ValueError(f"task {name!r} has no training examples on process {process_index} "
-                         f"of {process_count}")
+        raise ValueError(
+          f"task {name!r} has no training examples on process {process_index} of {process_count}"
+        )
     self.descriptors = data.task_descriptors()
     self._permutation = functools.lru_cache(maxsize=4 * data.num_tasks)(self._permute)
 
@@ -94,15 +105,21 @@ class TaskBatch:
     else:
       tokens = self.data.train_records.tokens(flat)
     return {
-        "tokens": tokens.reshape(*positions.shape, -1),  # (M, N / P, L)
-        "task_id": tasks.astype(np.int32),  # (M,)
-        "task": self.descriptors[tasks],  # (M, C)
+      "tokens": tokens.reshape(*positions.shape, -1),  # (M, N / P, L)
+      "task_id": tasks.astype(np.int32),  # (M,)
+      "task": self.descriptors[tasks],  # (M, C)
     }
 
 
-def train_dataset(data: TaskData, batch_tasks: int, examples_per_task: int, seed: int, *,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> grain.MapDataset:
+def train_dataset(
+  data: TaskData,
+  batch_tasks: int,
+  examples_per_task: int,
+  seed: int,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.MapDataset:
   """The endless grain ``MapDataset`` of this host's batches; element s is step s's batch."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -110,21 +127,36 @@ def train_dataset(data: TaskData, batch_tasks: int, examples_per_task: int, seed
   return grain.MapDataset.range(sys.maxsize).map(make)
 
 
-def train_iterator(data: TaskData, batch_tasks: int, examples_per_task: int, seed: int, *,
-                   process_index: int | None = None, process_count: int | None = None,
-                   num_threads: int = 2, prefetch: int = 4) -> grain.DatasetIterator:
+def train_iterator(
+  data: TaskData,
+  batch_tasks: int,
+  examples_per_task: int,
+  seed: int,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_threads: int = 2,
+  prefetch: int = 4,
+) -> grain.DatasetIterator:
   """A checkpointable iterator over this host's batches (``get_state``/``set_state``).
 
   ``num_threads`` threads build up to ``prefetch`` batches ahead (0 threads:
   build each batch on ``next``).
   """
-  ds = train_dataset(data, batch_tasks, examples_per_task, seed,
-                     process_index=process_index, process_count=process_count)
+  ds = train_dataset(
+    data,
+    batch_tasks,
+    examples_per_task,
+    seed,
+    process_index=process_index,
+    process_count=process_count,
+  )
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(options))
 
 
-def place(batch: Mapping[str, np.ndarray], shardings: Mapping[str, jax.sharding.Sharding]
-          ) -> dict[str, jax.Array]:
+def place(
+  batch: Mapping[str, np.ndarray], shardings: Mapping[str, jax.sharding.Sharding]
+) -> dict[str, jax.Array]:
   """Global arrays from every host's part of a batch (tokens split on N across hosts)."""
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}

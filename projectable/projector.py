@@ -44,10 +44,10 @@ def selection_indices(src: ModelConfig, small: ModelConfig) -> dict[str, np.ndar
   """Source coordinates that the small model's coordinates start as, per map."""
   attn = [h * src.head_dim + e for h in range(small.heads) for e in range(small.head_dim)]
   return {
-      "residual": np.arange(small.d),
-      "attn_qk": np.asarray(attn),
-      "attn_vo": np.asarray(attn),
-      "mlp": np.arange(small.mlp_dim),
+    "residual": np.arange(small.d),
+    "attn_qk": np.asarray(attn),
+    "attn_vo": np.asarray(attn),
+    "mlp": np.arange(small.mlp_dim),
   }
 
 
@@ -59,15 +59,15 @@ def _map_dims(src: ModelConfig, small: ModelConfig) -> dict[str, tuple[tuple[int
   """(leading layer dims, in, out) of every map."""
   layers = (src.depth,)
   return {
-      "residual": ((), src.d, small.d),
-      "attn_qk": (layers, src.heads * src.head_dim, small.heads * small.head_dim),
-      "attn_vo": (layers, src.heads * src.head_dim, small.heads * small.head_dim),
-      "mlp": (layers, src.mlp_dim, small.mlp_dim),
+    "residual": ((), src.d, small.d),
+    "attn_qk": (layers, src.heads * src.head_dim, small.heads * small.head_dim),
+    "attn_vo": (layers, src.heads * src.head_dim, small.heads * small.head_dim),
+    "mlp": (layers, src.mlp_dim, small.mlp_dim),
   }
 
 
 def init_projector(
-    src: ModelConfig, small: ModelConfig, cfg: ProjectorConfig, key: jax.Array
+  src: ModelConfig, small: ModelConfig, cfg: ProjectorConfig, key: jax.Array
 ) -> dict:
   """Projector weights whose maps start as the structured selection."""
   k = cfg.rank
@@ -135,31 +135,31 @@ def project(source: dict, projector: dict, task_C: jax.Array) -> dict:
   qk, vo, m = a["attn_qk"], a["attn_vo"], a["mlp"]
   b = source["blocks"]
   blocks = {
-      "wq": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wq"], qk),
-      "wk": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wk"], qk),
-      "wv": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wv"], vo),
-      "wo": jnp.einsum("nas,nad,dr->nsr", vo, b["wo"], r_DxS),
-      "w1": jnp.einsum("dr,ndf,nfg->nrg", r_DxS, b["w1"], m),
-      "b1": jnp.einsum("nf,nfg->ng", b["b1"], m),
-      "w2": jnp.einsum("nfg,nfd,dr->ngr", m, b["w2"], r_DxS),
+    "wq": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wq"], qk),
+    "wk": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wk"], qk),
+    "wv": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wv"], vo),
+    "wo": jnp.einsum("nas,nad,dr->nsr", vo, b["wo"], r_DxS),
+    "w1": jnp.einsum("dr,ndf,nfg->nrg", r_DxS, b["w1"], m),
+    "b1": jnp.einsum("nf,nfg->ng", b["b1"], m),
+    "w2": jnp.einsum("nfg,nfd,dr->ngr", m, b["w2"], r_DxS),
   }
   for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
     blocks[name] = b[name] @ r_DxS
   start_D = task_C @ source["start_embed"]
   return {
-      "token_embed": source["token_embed"] @ r_DxS,
-      "pos_embed": source["pos_embed"] @ r_DxS,
-      "start_embed": (start_D @ r_DxS)[None],
-      "blocks": blocks,
-      "final_ln_scale": source["final_ln_scale"] @ r_DxS,
-      "final_ln_bias": source["final_ln_bias"] @ r_DxS,
-      "unembed": r_DxS.T @ source["unembed"],
-      "unembed_bias": source["unembed_bias"],
+    "token_embed": source["token_embed"] @ r_DxS,
+    "pos_embed": source["pos_embed"] @ r_DxS,
+    "start_embed": (start_D @ r_DxS)[None],
+    "blocks": blocks,
+    "final_ln_scale": source["final_ln_scale"] @ r_DxS,
+    "final_ln_bias": source["final_ln_bias"] @ r_DxS,
+    "unembed": r_DxS.T @ source["unembed"],
+    "unembed_bias": source["unembed_bias"],
   }
 
 
 def select_subnetwork(
-    source: dict, src: ModelConfig, small: ModelConfig, task_C: jax.Array
+  source: dict, src: ModelConfig, small: ModelConfig, task_C: jax.Array
 ) -> dict:
   """The fixed weight-selection specialist for a task, by indexing (no maps).
 
@@ -170,23 +170,23 @@ def select_subnetwork(
   r, qk, f = idx["residual"], idx["attn_qk"], idx["mlp"]
   b = source["blocks"]
   blocks = {
-      "wq": b["wq"][:, r][:, :, qk],
-      "wk": b["wk"][:, r][:, :, qk],
-      "wv": b["wv"][:, r][:, :, qk],
-      "wo": b["wo"][:, qk][:, :, r],
-      "w1": b["w1"][:, r][:, :, f],
-      "b1": b["b1"][:, f],
-      "w2": b["w2"][:, f][:, :, r],
+    "wq": b["wq"][:, r][:, :, qk],
+    "wk": b["wk"][:, r][:, :, qk],
+    "wv": b["wv"][:, r][:, :, qk],
+    "wo": b["wo"][:, qk][:, :, r],
+    "w1": b["w1"][:, r][:, :, f],
+    "b1": b["b1"][:, f],
+    "w2": b["w2"][:, f][:, :, r],
   }
   for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
     blocks[name] = b[name][:, r]
   return {
-      "token_embed": source["token_embed"][:, r],
-      "pos_embed": source["pos_embed"][:, r],
-      "start_embed": (task_C @ source["start_embed"])[None, r],
-      "blocks": blocks,
-      "final_ln_scale": source["final_ln_scale"][r],
-      "final_ln_bias": source["final_ln_bias"][r],
-      "unembed": source["unembed"][r],
-      "unembed_bias": source["unembed_bias"],
+    "token_embed": source["token_embed"][:, r],
+    "pos_embed": source["pos_embed"][:, r],
+    "start_embed": (task_C @ source["start_embed"])[None, r],
+    "blocks": blocks,
+    "final_ln_scale": source["final_ln_scale"][r],
+    "final_ln_bias": source["final_ln_bias"][r],
+    "unembed": source["unembed"][r],
+    "unembed_bias": source["unembed_bias"],
   }

@@ -20,12 +20,12 @@ from projectable.model import ModelConfig
 
 
 def sample(
-    cfg: ModelConfig,
-    params: dict,
-    num: int,
-    key: jax.Array,
-    task_C: jax.Array | None = None,
-    temperature: float = 1.0,
+  cfg: ModelConfig,
+  params: dict,
+  num: int,
+  key: jax.Array,
+  task_C: jax.Array | None = None,
+  temperature: float = 1.0,
 ) -> jax.Array:
   """``num`` int32 token sequences (num, seq_len) drawn with a KV cache.
 
@@ -39,24 +39,25 @@ def sample(
 
 
 def sample_naive(
-    cfg: ModelConfig,
-    params: dict,
-    num: int,
-    key: jax.Array,
-    task_C: jax.Array | None = None,
-    temperature: float = 1.0,
+  cfg: ModelConfig,
+  params: dict,
+  num: int,
+  key: jax.Array,
+  task_C: jax.Array | None = None,
+  temperature: float = 1.0,
 ) -> jax.Array:
   """Same draws as ``sample``, recomputing the full sequence at every position."""
   task_BxC = _task_batch(cfg, task_C, num, temperature)
   tokens_BxL = jnp.zeros((num, cfg.seq_len), jnp.int32)
   for i in range(cfg.seq_len):
-    tokens_BxL = _naive_step(cfg, params, tokens_BxL, task_BxC, key, jnp.int32(i),
-                             float(temperature))
+    tokens_BxL = _naive_step(
+      cfg, params, tokens_BxL, task_BxC, key, jnp.int32(i), float(temperature)
+    )
   return tokens_BxL
 
 
 def _task_batch(
-    cfg: ModelConfig, task_C: jax.Array | None, num: int, temperature: float
+  cfg: ModelConfig, task_C: jax.Array | None, num: int, temperature: float
 ) -> jax.Array | None:
   """Checks the arguments; the descriptor repeated for every sample, or None."""
   if num < 1:
@@ -84,8 +85,13 @@ def _choose(logits_BxV: jax.Array, key: jax.Array, temperature: float) -> jax.Ar
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature"))
 def _naive_step(
-    cfg: ModelConfig, params: dict, tokens_BxL: jax.Array, task_BxC: jax.Array | None,
-    key: jax.Array, i: jax.Array, temperature: float,
+  cfg: ModelConfig,
+  params: dict,
+  tokens_BxL: jax.Array,
+  task_BxC: jax.Array | None,
+  key: jax.Array,
+  i: jax.Array,
+  temperature: float,
 ) -> jax.Array:
   """``tokens_BxL`` with position ``i`` drawn from a full forward pass."""
   logits_BxLxV = model.apply(cfg, params, tokens_BxL, task_BxC)
@@ -96,8 +102,12 @@ def _naive_step(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num", "temperature"))
 def _sample_cached(
-    cfg: ModelConfig, params: dict, num: int, key: jax.Array, task_BxC: jax.Array | None,
-    temperature: float,
+  cfg: ModelConfig,
+  params: dict,
+  num: int,
+  key: jax.Array,
+  task_BxC: jax.Array | None,
+  temperature: float,
 ) -> tuple[jax.Array, jax.Array]:
   """Tokens (B, L) and their log-probabilities at temperature 1 (B, L).
 
@@ -124,20 +134,23 @@ def _sample_cached(
       cache_k = jax.lax.dynamic_update_slice(cache_k, k[None], (l, 0, i, 0, 0))
       cache_v = jax.lax.dynamic_update_slice(cache_v, v[None], (l, 0, i, 0, 0))
       o_Bx1xHxK = jax.nn.dot_product_attention(
-          q, cache_k[l], cache_v[l], key_value_seq_lengths=lengths_B)
+        q, cache_k[l], cache_v[l], key_value_seq_lengths=lengths_B
+      )
       x_Bx1xD = x_Bx1xD + o_Bx1xHxK.reshape(num, 1, cfg.heads * cfg.head_dim) @ w["wo"]
       h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln2_scale"], w["ln2_bias"])
       return (x_Bx1xD + model.mlp(h_Bx1xD, w), cache_k, cache_v), None
 
     (x_Bx1xD, cache_k, cache_v), _ = jax.lax.scan(
-        layer, (x_Bx1xD, cache_k, cache_v), (params["blocks"], jnp.arange(cfg.depth)),
-        unroll=cfg.unroll)
+      layer,
+      (x_Bx1xD, cache_k, cache_v),
+      (params["blocks"], jnp.arange(cfg.depth)),
+      unroll=cfg.unroll,
+    )
     x_BxD = model.layer_norm(x_Bx1xD[:, 0], params["final_ln_scale"], params["final_ln_bias"])
     logits_BxV = x_BxD @ params["unembed"] + params["unembed_bias"][None]
     token_B = _choose(logits_BxV, jax.random.fold_in(key, i), temperature)
     logp_B = -model.token_nll(logits_BxV[:, None], token_B[:, None])[:, 0]
     return (cache_k, cache_v, params["token_embed"][token_B]), (token_B, logp_B)
 
-  _, (tokens_LxB, logp_LxB) = jax.lax.scan(
-      position, (*cache, start_BxD), jnp.arange(cfg.seq_len))
+  _, (tokens_LxB, logp_LxB) = jax.lax.scan(position, (*cache, start_BxD), jnp.arange(cfg.seq_len))
   return tokens_LxB.T, logp_LxB.T

@@ -18,13 +18,15 @@ def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
     name, sep, size = part.strip().partition(":")
     if not sep or name not in MESH_AXES or name in sizes:
       raise ValueError(
-          f"config.mesh={spec!r}: expected comma-separated 'axis:size' with axes {MESH_AXES}, "
-          "e.g. 'data:-1,model:1'")
+        f"config.mesh={spec!r}: expected comma-separated 'axis:size' with axes {MESH_AXES}, "
+        "e.g. 'data:-1,model:1'"
+      )
     try:
       sizes[name] = int(size)
     except ValueError:
       raise ValueError(
-          f"config.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer") from None
+        f"config.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer"
+      ) from None
   fill = [n for n, s in sizes.items() if s == -1]
   if len(fill) > 1 or any(s < 1 for s in sizes.values() if s != -1):
     raise ValueError(f"config.mesh={spec!r}: sizes must be >= 1, with at most one -1")
@@ -35,8 +37,9 @@ def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
     sizes[fill[0]] = num_devices // fixed
   if math.prod(sizes.values()) > num_devices:
     raise ValueError(
-        f"config.mesh={spec!r} needs {math.prod(sizes.values())} devices but only "
-        f"{num_devices} are available; use -1 for one axis to fill in")
+      f"config.mesh={spec!r} needs {math.prod(sizes.values())} devices but only "
+      f"{num_devices} are available; use -1 for one axis to fill in"
+    )
   return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
@@ -44,10 +47,10 @@ def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'model') mesh over the first devices it needs (default pool: all)."""
   devices = list(devices) if devices is not None else jax.devices()
   sizes = parse_mesh(spec, len(devices))
-  devices = devices[:math.prod(sizes.values())]
+  devices = devices[: math.prod(sizes.values())]
   return jax.make_mesh(
-      tuple(sizes.values()), MESH_AXES,
-      axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    tuple(sizes.values()), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def spec_for(axes: Sequence[str | None], rules: Mapping[str, str | None]) -> PartitionSpec:
@@ -56,16 +59,17 @@ def spec_for(axes: Sequence[str | None], rules: Mapping[str, str | None]) -> Par
   used = [a for a in mesh_axes if a is not None]
   if len(used) != len(set(used)):  # A mesh axis may shard one dimension only.
     seen: set[str] = set()
-    mesh_axes = [a if a is None or (a not in seen and not seen.add(a)) else None
-                 for a in mesh_axes]
+    mesh_axes = [a if a is None or (a not in seen and not seen.add(a)) else None for a in mesh_axes]
   return PartitionSpec(*mesh_axes)
 
 
 def tree_shardings(axes_tree, mesh: Mesh, rules: Mapping[str, str | None]):
   """NamedShardings for a tree whose leaves are tuples of logical axis names."""
   return jax.tree.map(
-      lambda axes: NamedSharding(mesh, spec_for(axes, rules)), axes_tree,
-      is_leaf=lambda x: isinstance(x, tuple))
+    lambda axes: NamedSharding(mesh, spec_for(axes, rules)),
+    axes_tree,
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -80,6 +84,7 @@ def check_divisible(shapes_tree, shardings_tree) -> None:
     for dim, axis in zip(shape.shape, sharding.spec, strict=False):
       if axis is not None and dim % sharding.mesh.shape[axis]:
         raise ValueError(
-            f"weight {jax.tree_util.keystr(path)} dimension {dim} is not divisible by mesh "
-            f"axis {axis!r} of size {sharding.mesh.shape[axis]}; change config.mesh or "
-            "config.sharding")
+          f"weight {jax.tree_util.keystr(path)} dimension {dim} is not divisible by mesh "
+          f"axis {axis!r} of size {sharding.mesh.shape[axis]}; change config.mesh or "
+          "config.sharding"
+        )

@@ -41,9 +41,10 @@ def open_source(cfg) -> Source:
     return tfds_sources.open_fashion_mnist(data_dir, cfg.get("path", ""))
   if not name or not tfds_sources.is_tfds_name(name):
     raise ValueError(
-        f"config.data.name={name!r} is not a known dataset: use one of {LOCAL} or the name of "
-        "a TFDS image classification dataset (e.g. 'mnist') prepared in "
-        "config.data.tfds_data_dir")
+      f"config.data.name={name!r} is not a known dataset: use one of {LOCAL} or the name of "
+      "a TFDS image classification dataset (e.g. 'mnist') prepared in "
+      "config.data.tfds_data_dir"
+    )
   return tfds_sources.open_tfds(name, data_dir)
 
 
@@ -56,17 +57,23 @@ def _load_npz(path: str, field: str) -> dict[str, np.ndarray]:
     arrays = {k: npz[k] for k in npz.files}
   missing = {"image", "label"} - set(arrays)
   if missing:
-    raise ValueError(f"config.data.{field}={path!r} has arrays {sorted(arrays)} but needs "
-                     f"'image' and 'label' (missing {sorted(missing)})")
+    raise ValueError(
+      f"config.data.{field}={path!r} has arrays {sorted(arrays)} but needs "
+      f"'image' and 'label' (missing {sorted(missing)})"
+    )
   image, label = arrays["image"], arrays["label"]
   if image.dtype != np.uint8 or image.ndim not in (3, 4):
-    raise ValueError(f"config.data.{field}={path!r}: 'image' must be uint8 of shape (N, H, W) "
-                     f"or (N, H, W, C), not {image.dtype} {image.shape}")
+    raise ValueError(
+      f"config.data.{field}={path!r}: 'image' must be uint8 of shape (N, H, W) "
+      f"or (N, H, W, C), not {image.dtype} {image.shape}"
+    )
   if image.ndim == 3:
     arrays["image"] = image[..., None]
   if not np.issubdtype(label.dtype, np.integer) or label.shape != (len(image),):
-    raise ValueError(f"config.data.{field}={path!r}: 'label' must be integers of shape "
-                     f"({len(image)},), not {label.dtype} {label.shape}")
+    raise ValueError(
+      f"config.data.{field}={path!r}: 'label' must be integers of shape "
+      f"({len(image)},), not {label.dtype} {label.shape}"
+    )
   if not len(image):
     raise ValueError(f"config.data.{field}={path!r} holds no images")
   return arrays
@@ -75,8 +82,10 @@ def _load_npz(path: str, field: str) -> dict[str, np.ndarray]:
 def _check_labels(label: np.ndarray, num_classes: int, path: str) -> None:
   bad = label[(label < 0) | (label >= num_classes)]
   if len(bad):
-    raise ValueError(f"{path!r}: labels {sorted(set(bad.tolist()))[:5]} are outside the "
-                     f"classes 0..{num_classes - 1}")
+    raise ValueError(
+      f"{path!r}: labels {sorted(set(bad.tolist()))[:5]} are outside the "
+      f"classes 0..{num_classes - 1}"
+    )
 
 
 def open_arrays(path: str, test_path: str = "") -> Source:
@@ -92,11 +101,15 @@ def open_arrays(path: str, test_path: str = "") -> Source:
   if test is not None:
     _check_labels(test["label"], len(class_names), test_path)
     if test["image"].shape[1:] != train["image"].shape[1:]:
-      raise ValueError(f"config.data.test_path images {test['image'].shape[1:]} differ from "
-                       f"config.data.path images {train['image'].shape[1:]}")
+      raise ValueError(
+        f"config.data.test_path images {test['image'].shape[1:]} differ from "
+        f"config.data.path images {train['image'].shape[1:]}"
+      )
   return Source(
-      name=os.path.splitext(os.path.basename(path))[0],
-      train=ArraySource(train["image"], train["label"].astype(np.int32)),
-      test=None if test is None else ArraySource(test["image"], test["label"].astype(np.int32)),
-      class_names=class_names,
-      image_shape=tuple(train["image"].shape[1:]), max_value=255.0)
+    name=os.path.splitext(os.path.basename(path))[0],
+    train=ArraySource(train["image"], train["label"].astype(np.int32)),
+    test=None if test is None else ArraySource(test["image"], test["label"].astype(np.int32)),
+    class_names=class_names,
+    image_shape=tuple(train["image"].shape[1:]),
+    max_value=255.0,
+  )

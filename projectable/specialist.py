@@ -59,8 +59,10 @@ class Specialist:
     if tokens_BxL.ndim != 2 or tokens_BxL.shape[1] != self.cfg.seq_len:
       raise ValueError(f"tokens must have shape (B, {self.cfg.seq_len}), got {tokens_BxL.shape}")
     if tokens_BxL.size and (tokens_BxL.min() < 0 or tokens_BxL.max() >= self.cfg.vocab_size):
-      raise ValueError(f"tokens must lie in [0, {self.cfg.vocab_size}), got "
-                       f"[{tokens_BxL.min()}, {tokens_BxL.max()}]")
+      raise ValueError(
+        f"tokens must lie in [0, {self.cfg.vocab_size}), got "
+        f"[{tokens_BxL.min()}, {tokens_BxL.max()}]"
+      )
     return jnp.asarray(tokens_BxL, jnp.int32)
 
 
@@ -76,7 +78,7 @@ def _bits_per_dim(cfg: ModelConfig, params: dict, tokens_BxL: jax.Array) -> jax.
 
 
 def save_specialist(
-    directory: str, cfg: ModelConfig, params: dict, meta: dict, overwrite: bool = False
+  directory: str, cfg: ModelConfig, params: dict, meta: dict, overwrite: bool = False
 ) -> None:
   """Writes ``directory/params/`` (Orbax) and ``directory/config.json``.
 
@@ -91,15 +93,18 @@ def save_specialist(
   problems = _mismatches(_abstract_params(cfg), params)
   if problems:
     raise ValueError("params do not match the model config: " + "; ".join(problems))
-  text = json.dumps({"format_version": FORMAT_VERSION, "model": dataclasses.asdict(cfg), **meta},
-                    indent=2)
+  text = json.dumps(
+    {"format_version": FORMAT_VERSION, "model": dataclasses.asdict(cfg), **meta}, indent=2
+  )
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise FileExistsError(f"{directory} exists and is not a directory")
   if os.path.isdir(directory) and os.listdir(directory):
     if not overwrite:
-      raise FileExistsError(f"{directory} is not empty; pass --overwrite (overwrite=True) to "
-                            "replace the specialist there")
+      raise FileExistsError(
+        f"{directory} is not empty; pass --overwrite (overwrite=True) to "
+        "replace the specialist there"
+      )
     shutil.rmtree(os.path.join(directory, PARAMS_DIR), ignore_errors=True)
     if os.path.exists(os.path.join(directory, CONFIG_FILE)):
       os.remove(os.path.join(directory, CONFIG_FILE))
@@ -131,8 +136,9 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
       raise ValueError(f"{config_path} is not valid JSON: {e}") from e
   version = config.get("format_version") if isinstance(config, dict) else None
   if version != FORMAT_VERSION:
-    raise ValueError(f"{config_path} has format_version {version!r}; this code reads version "
-                     f"{FORMAT_VERSION}")
+    raise ValueError(
+      f"{config_path} has format_version {version!r}; this code reads version {FORMAT_VERSION}"
+    )
   cfg = _model_config(config.get("model"), config_path)
   expected = _abstract_params(cfg)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -141,8 +147,10 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
       raise ValueError(f"{params_path} is not a complete Orbax checkpoint")
     problems = _mismatches(expected, stored.tree)
     if problems:
-      raise ValueError(f"the weights in {params_path} do not match the model in {config_path}: "
-                       + "; ".join(problems))
+      raise ValueError(
+        f"the weights in {params_path} do not match the model in {config_path}: "
+        + "; ".join(problems)
+      )
     params = jax.device_put(checkpointer.restore(params_path, expected))
   meta = {k: v for k, v in config.items() if k not in _RESERVED}
   return Specialist(cfg, params), meta
@@ -151,15 +159,17 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
 def _model_config(fields: object, config_path: str) -> ModelConfig:
   names = {f.name for f in dataclasses.fields(ModelConfig)}
   if not isinstance(fields, dict) or not set(fields) <= names:
-    raise ValueError(f"{config_path}: 'model' must be an object with fields among "
-                     f"{sorted(names)}, got {fields!r}")
+    raise ValueError(
+      f"{config_path}: 'model' must be an object with fields among {sorted(names)}, got {fields!r}"
+    )
   try:
     cfg = ModelConfig(**fields)
   except TypeError as e:
     raise ValueError(f"{config_path}: bad 'model' entry: {e}") from e
   if cfg.num_classes:
-    raise ValueError(f"{config_path}: a specialist is unconditional, got num_classes="
-                     f"{cfg.num_classes}")
+    raise ValueError(
+      f"{config_path}: a specialist is unconditional, got num_classes={cfg.num_classes}"
+    )
   return cfg
 
 
@@ -172,12 +182,17 @@ def _mismatches(expected: dict, actual: dict) -> list[str]:
   want, got = _shapes(expected), _shapes(actual)
   problems = [f"{name}: missing" for name in want if name not in got]
   problems += [f"{name}: unexpected weight" for name in got if name not in want]
-  problems += [f"{name}: {got[name][0]} {got[name][1]} but the config needs {want[name][0]} "
-               f"{want[name][1]}" for name in want if name in got and got[name] != want[name]]
+  problems += [
+    f"{name}: {got[name][0]} {got[name][1]} but the config needs {want[name][0]} {want[name][1]}"
+    for name in want
+    if name in got and got[name] != want[name]
+  ]
   return problems
 
 
 def _shapes(tree: dict) -> dict[str, tuple[tuple[int, ...], str]]:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
-  return {"/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), str(x.dtype))
-          for path, x in leaves}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), str(x.dtype))
+    for path, x in leaves
+  }

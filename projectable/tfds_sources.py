@@ -23,23 +23,43 @@ import tensorflow_datasets as tfds
 from projectable.data import Source
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist.
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
+)
 FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+  0x08: np.uint8,
+  0x09: np.int8,
+  0x0B: np.dtype(">i2"),
+  0x0C: np.dtype(">i4"),
+  0x0D: np.dtype(">f4"),
+  0x0E: np.dtype(">f8"),
+}
 
 
-def _features(shape: tuple[int, int, int], class_names: Sequence[str]
-              ) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Tensor(shape=shape, dtype=np.uint8,
-                                    encoding=tfds.features.Encoding.BYTES),
+def _features(
+  shape: tuple[int, int, int], class_names: Sequence[str]
+) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Tensor(
+        shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+      ),
       "label": tfds.features.ClassLabel(names=list(class_names)),
-  })
+    }
+  )
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -54,8 +74,12 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__, features=_features((8, 8, 1), "0123456789"),
-        supervised_keys=("image", "label"), disable_shuffling=True)
+      builder=self,
+      description=self.__doc__,
+      features=_features((8, 8, 1), "0123456789"),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager: Any) -> dict:
     del dl_manager
@@ -78,7 +102,7 @@ def read_idx(path: str) -> np.ndarray:
   if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
     raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
   ndim = raw[3]
-  dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
   return np.frombuffer(raw, _IDX_DTYPES[raw[2]], offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -96,9 +120,10 @@ def fashion_mnist_files(path: str) -> dict[str, tuple[str, str]]:
     found[split] = tuple(paths)
   if missing:
     raise ValueError(
-        f"Fashion-MNIST IDX files not found in {path!r} (missing {', '.join(missing)}). "
-        "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files in "
-        f"{FASHION_MNIST_DIR}) or set --config.data.path to a directory holding them.")
+      f"Fashion-MNIST IDX files not found in {path!r} (missing {', '.join(missing)}). "
+      "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files in "
+      f"{FASHION_MNIST_DIR}) or set --config.data.path to a directory holding them."
+    )
   return found  # type: ignore[return-value]
 
 
@@ -116,9 +141,12 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__,
-        features=_features((28, 28, 1), FASHION_MNIST_CLASSES),
-        supervised_keys=("image", "label"), disable_shuffling=True)
+      builder=self,
+      description=self.__doc__,
+      features=_features((28, 28, 1), FASHION_MNIST_CLASSES),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager: Any) -> dict:
     del dl_manager
@@ -128,8 +156,9 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, images_path: str, labels_path: str):
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
-      raise ValueError(f"{images_path} / {labels_path}: unexpected shapes "
-                       f"{images.shape} / {labels.shape}")
+      raise ValueError(
+        f"{images_path} / {labels_path}: unexpected shapes {images.shape} / {labels.shape}"
+      )
     for i in range(len(labels)):
       yield i, {"image": images[i][..., None], "label": int(labels[i])}
 
@@ -143,8 +172,10 @@ class RecordView:
 
   def _convert(self, example: dict) -> dict[str, Any]:
     image = np.asarray(example[self.image_key])
-    return {"image": image[..., None] if self.add_channel else image,
-            "label": int(example[self.label_key])}
+    return {
+      "image": image[..., None] if self.add_channel else image,
+      "label": int(example[self.label_key]),
+    }
 
   def __len__(self) -> int:
     return len(self.source)
@@ -178,38 +209,57 @@ def builder_source(builder: tfds.core.DatasetBuilder, name: str) -> Source:
   where = f"{builder.data_dir_root} (config.data.tfds_data_dir)"
   if not builder.is_prepared():
     raise ValueError(
-        f"TFDS dataset {name!r} is not prepared in {where}, and projectable never downloads. "
-        f"Prepare it (where there is internet) with `tfds build {name} --data_dir=DIR "
-        "--file_format=array_record` and set --config.data.tfds_data_dir=DIR.")
+      f"TFDS dataset {name!r} is not prepared in {where}, and projectable never downloads. "
+      f"Prepare it (where there is internet) with `tfds build {name} --data_dir=DIR "
+      "--file_format=array_record` and set --config.data.tfds_data_dir=DIR."
+    )
   info = builder.info
   image_key, label_key = info.supervised_keys or ("image", "label")
   features = info.features
-  if not (isinstance(image_key, str) and isinstance(label_key, str)
-          and image_key in features and label_key in features
-          and isinstance(features[label_key], tfds.features.ClassLabel)):
-    raise ValueError(f"TFDS dataset {name!r} is not image classification: it needs an image "
-                     f"and a ClassLabel feature (supervised keys {info.supervised_keys})")
+  if not (
+    isinstance(image_key, str)
+    and isinstance(label_key, str)
+    and image_key in features
+    and label_key in features
+    and isinstance(features[label_key], tfds.features.ClassLabel)
+  ):
+    raise ValueError(
+      f"TFDS dataset {name!r} is not image classification: it needs an image "
+      f"and a ClassLabel feature (supervised keys {info.supervised_keys})"
+    )
   shape = tuple(features[image_key].shape)
-  if (len(shape) not in (2, 3) or any(d is None for d in shape)
-      or features[image_key].np_dtype != np.uint8):
-    raise ValueError(f"TFDS dataset {name!r}: images must have a fixed (H, W[, C]) uint8 "
-                     f"shape, not {shape} {features[image_key].np_dtype}")
+  if (
+    len(shape) not in (2, 3)
+    or any(d is None for d in shape)
+    or features[image_key].np_dtype != np.uint8
+  ):
+    raise ValueError(
+      f"TFDS dataset {name!r}: images must have a fixed (H, W[, C]) uint8 "
+      f"shape, not {shape} {features[image_key].np_dtype}"
+    )
   if "train" not in info.splits:
     raise ValueError(f"TFDS dataset {name!r} has no 'train' split (splits {list(info.splits)})")
   try:
     splits = builder.as_data_source()
   except (NotImplementedError, ValueError) as e:
     raise ValueError(
-        f"TFDS dataset {name!r} in {where} is not in a random-access format ({e}). Prepare it "
-        "with --file_format=array_record.") from e
+      f"TFDS dataset {name!r} in {where} is not in a random-access format ({e}). Prepare it "
+      "with --file_format=array_record."
+    ) from e
   add_channel = len(shape) == 2
-  views = {split: RecordView(splits[split], image_key, label_key, add_channel)
-           for split in ("train", "test") if split in splits}
+  views = {
+    split: RecordView(splits[split], image_key, label_key, add_channel)
+    for split in ("train", "test")
+    if split in splits
+  }
   return Source(
-      name=name, train=views["train"], test=views.get("test"),
-      class_names=tuple(features[label_key].names),
-      image_shape=(*shape, 1) if add_channel else shape,  # type: ignore[arg-type]
-      max_value=float(getattr(builder, "MAX_VALUE", 255.0)))
+    name=name,
+    train=views["train"],
+    test=views.get("test"),
+    class_names=tuple(features[label_key].names),
+    image_shape=(*shape, 1) if add_channel else shape,  # type: ignore[arg-type]
+    max_value=float(getattr(builder, "MAX_VALUE", 255.0)),
+  )
 
 
 def _data_dir(data_dir: str) -> str | None:
@@ -223,8 +273,9 @@ def open_digits(data_dir: str) -> Source:
 
 
 def open_fashion_mnist(data_dir: str, path: str) -> Source:
-  builder = FashionMnistIdx(path=path or FASHION_MNIST_DIR, data_dir=_data_dir(data_dir),
-                            file_format="array_record")
+  builder = FashionMnistIdx(
+    path=path or FASHION_MNIST_DIR, data_dir=_data_dir(data_dir), file_format="array_record"
+  )
   if not builder.is_prepared():
     fashion_mnist_files(builder.idx_path)  # A clear error before any TFDS machinery runs.
   _prepare(builder)

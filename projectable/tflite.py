@@ -31,15 +31,17 @@ def convert(cfg: ModelConfig, params: dict, directory: str) -> str:
   from jax.experimental import jax2tf
 
   if cfg.num_classes:
-    raise ValueError("only unconditional specialists convert (num_classes=0), got "
-                     f"num_classes={cfg.num_classes}")
+    raise ValueError(
+      f"only unconditional specialists convert (num_classes=0), got num_classes={cfg.num_classes}"
+    )
   params = jax.device_get(params)
-  logits_fn = jax2tf.convert(lambda tokens: model.apply(cfg, params, tokens),
-                             with_gradient=False)
+  logits_fn = jax2tf.convert(lambda tokens: model.apply(cfg, params, tokens), with_gradient=False)
   module = tf.Module()
   module.logits = tf.function(
-      lambda tokens: {"logits": logits_fn(tokens)}, autograph=False,
-      input_signature=[tf.TensorSpec((1, cfg.seq_len), tf.int32, name="tokens")])
+    lambda tokens: {"logits": logits_fn(tokens)},
+    autograph=False,
+    input_signature=[tf.TensorSpec((1, cfg.seq_len), tf.int32, name="tokens")],
+  )
   os.makedirs(directory, exist_ok=True)
   saved = os.path.join(directory, SAVED_MODEL_DIR)
   shutil.rmtree(saved, ignore_errors=True)

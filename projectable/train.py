@@ -46,9 +46,10 @@ def _check_finite(step: int, metrics: dict) -> None:
   for name, value in metrics.items():
     if not math.isfinite(value):
       raise FloatingPointError(
-          f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
-          "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
-          "rerun to resume from the last good checkpoint.")
+        f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
+        "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
+        "rerun to resume from the last good checkpoint."
+      )
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -62,8 +63,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   data = data_lib.load(config.data)
   if config.train.batch_tasks > data.num_tasks:
-    raise ValueError(f"config.train.batch_tasks={config.train.batch_tasks} exceeds the "
-                     f"{data.num_tasks} tasks of dataset {data.name!r}")
+    raise ValueError(
+      f"config.train.batch_tasks={config.train.batch_tasks} exceeds the "
+      f"{data.num_tasks} tasks of dataset {data.name!r}"
+    )
   workdir_guard.check_compatible(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
@@ -77,25 +80,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = _train(config, data, trainer, ckpts, workdir, stop)
       if stop.requested:
         raise workdir_guard.Preempted(
-            f"stopped by SIGTERM at step {int(state['step'])}; its checkpoint is saved in "
-            f"{workdir}. Rerun the same command to resume.")
+          f"stopped by SIGTERM at step {int(state['step'])}; its checkpoint is saved in "
+          f"{workdir}. Rerun the same command to resume."
+        )
       return _finish(config, data, trainer, ckpts, state, workdir)
     finally:
       ckpts.close()
 
 
-def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, workdir: str,
-           stop: workdir_guard.StopRequest):
+def _train(
+  config,
+  data,
+  trainer: Trainer,
+  ckpts: checkpointing.Checkpoints,
+  workdir: str,
+  stop: workdir_guard.StopRequest,
+):
   train = config.train
   latest = ckpts.latest_step()
-  data_iter = pipeline.train_iterator(data, train.batch_tasks, train.examples_per_task,
-                                      config.seed)
+  data_iter = pipeline.train_iterator(data, train.batch_tasks, train.examples_per_task, config.seed)
   if latest is None:
     state = trainer.init_state(jax.random.key(config.seed))
     if config.init.source_workdir:
       source = warmstart.load_source(config, data)
-      state = trainer.reset_optimizer(warmstart.warm_params(trainer.method, state["params"],
-                                                            source))
+      state = trainer.reset_optimizer(
+        warmstart.warm_params(trainer.method, state["params"], source)
+      )
   else:
     logging.info("Resuming from checkpoint at step %d in %s", latest, workdir)
     state = ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
@@ -105,7 +115,8 @@ def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, wor
   best = ckpts.best_metrics()
   best_val = best["val_bits_per_dim"]["mean"] if best else math.inf
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    workdir, just_logging=jax.process_index() > 0, asynchronous=False
+  )
   report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
   t0, last_log = time.time(), start
   for step in range(start + 1, train.num_steps + 1):
@@ -124,13 +135,21 @@ def _train(config, data, trainer: Trainer, ckpts: checkpointing.Checkpoints, wor
       val = trainer.evaluate(state["params"], data, data.val)
       test = trainer.evaluate(state["params"], data, data.test)
       writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
-      logging.info("step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"],
-                   test["main"]["mean"])
+      logging.info(
+        "step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"], test["main"]["mean"]
+      )
       if val["main"]["mean"] < best_val:
         best_val = val["main"]["mean"]
-        ckpts.save_best(step, state["params"], {
-            "step": step, "val_bits_per_dim": val["main"], "test_bits_per_dim": test["main"],
-            "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"}})
+        ckpts.save_best(
+          step,
+          state["params"],
+          {
+            "step": step,
+            "val_bits_per_dim": val["main"],
+            "test_bits_per_dim": test["main"],
+            "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"},
+          },
+        )
     if step % train.checkpoint_every == 0 or last:
       ckpts.save_state(step, state, data_iter)
     if stop.requested:
@@ -148,16 +167,16 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
   step_flops = flops.train_step_flops(config, trainer.method)
   final_test = trainer.evaluate(state["params"], data, data.test)
   metrics = {
-      "mode": config.mode,
-      "dataset": data.name,
-      "step": best["step"],
-      "bits_per_dim": best["test_bits_per_dim"],
-      "val_bits_per_dim": best["val_bits_per_dim"],
-      "final_step": {"step": int(state["step"]), "bits_per_dim": final_test["main"]},
-      "num_params": trainer.method.num_params(params),
-      # Compute spent by the whole run (every step was needed to pick the best), and per step.
-      "train_flops": int(state["step"]) * step_flops,
-      "train_flops_per_step": step_flops,
+    "mode": config.mode,
+    "dataset": data.name,
+    "step": best["step"],
+    "bits_per_dim": best["test_bits_per_dim"],
+    "val_bits_per_dim": best["val_bits_per_dim"],
+    "final_step": {"step": int(state["step"]), "bits_per_dim": final_test["main"]},
+    "num_params": trainer.method.num_params(params),
+    # Compute spent by the whole run (every step was needed to pick the best), and per step.
+    "train_flops": int(state["step"]) * step_flops,
+    "train_flops_per_step": step_flops,
   }
   for name, bpd in best["extra_test_bits_per_dim"].items():
     metrics[f"{name}_bits_per_dim"] = bpd
@@ -167,13 +186,13 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
       json.dump(metrics, f, indent=2)
     artifacts.write_pictures(config, data, trainer.method, params, metrics, workdir)
     artifacts.export_specialists(data, trainer.method, params, metrics, workdir)
-  logging.info("best step %d: test %.4f bits/dim", metrics["step"],
-               metrics["bits_per_dim"]["mean"])
+  logging.info("best step %d: test %.4f bits/dim", metrics["step"], metrics["bits_per_dim"]["mean"])
   return metrics
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str,
-                   step: int | None = None) -> tuple:
+def restore_params(
+  config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple:
   """(method, params, data) from a workdir: the best weights, or the state at ``step``."""
   data = data_lib.load(config.data)
   method = make_method(config, data)
@@ -189,4 +208,3 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str,
     finally:
       ckpts.close()
   return method, params, data
-

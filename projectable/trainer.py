@@ -24,17 +24,25 @@ LN2 = math.log(2.0)
 
 
 def build_optimizer(
-    train: ml_collections.ConfigDict, trainable: dict
+  train: ml_collections.ConfigDict, trainable: dict
 ) -> optax.GradientTransformation:
   """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
   # Warmup starts one step in, so that the very first step already learns.
   schedule = optax.warmup_cosine_decay_schedule(
-      train.learning_rate / (train.warmup_steps + 1), train.learning_rate, train.warmup_steps,
-      train.num_steps, end_value=0.0)
+    train.learning_rate / (train.warmup_steps + 1),
+    train.learning_rate,
+    train.warmup_steps,
+    train.num_steps,
+    end_value=0.0,
+  )
   adamw = optax.chain(
-      optax.clip_by_global_norm(train.grad_clip),
-      optax.adamw(schedule, weight_decay=train.weight_decay,
-                  mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+    optax.clip_by_global_norm(train.grad_clip),
+    optax.adamw(
+      schedule,
+      weight_decay=train.weight_decay,
+      mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+    ),
+  )
   labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
   return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
@@ -54,35 +62,50 @@ class Trainer:
     abstract_opt = jax.eval_shape(self.optimizer.init, abstract_params)
     replicated = sharding.replicated(mesh)
     opt_shardings = _like_params(abstract_opt, abstract_params, self.param_shardings, replicated)
-    self.state_shardings = {"step": replicated, "params": self.param_shardings,
-                            "opt_state": opt_shardings}
+    self.state_shardings = {
+      "step": replicated,
+      "params": self.param_shardings,
+      "opt_state": opt_shardings,
+    }
     self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
     data_axis = rules.get("batch")
     self.batch_shardings = {
-        "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
-        "task_id": replicated, "task": replicated}
-    eval_shardings = {"tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
-                      "mask": NamedSharding(mesh, PartitionSpec(None, data_axis))}
+      "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
+      "task_id": replicated,
+      "task": replicated,
+    }
+    eval_shardings = {
+      "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
+      "mask": NamedSharding(mesh, PartitionSpec(None, data_axis)),
+    }
     self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self.train_step = jax.jit(
-        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
-        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+      self._train_step,
+      in_shardings=(self.state_shardings, self.batch_shardings),
+      out_shardings=(self.state_shardings, replicated),
+      donate_argnums=0,
+    )
     self._eval = jax.jit(
-        self._eval_chunk,
-        in_shardings=(self.param_shardings, eval_shardings, replicated, replicated),
-        out_shardings=replicated)
+      self._eval_chunk,
+      in_shardings=(self.param_shardings, eval_shardings, replicated, replicated),
+      out_shardings=replicated,
+    )
 
   def _init_state(self, key: jax.Array) -> dict:
     return self._state_from(self.method.init(key))
 
   def _state_from(self, params: dict) -> dict:
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": self.optimizer.init(params)}
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": self.optimizer.init(params),
+    }
 
   def reset_optimizer(self, params: dict) -> dict:
     """A step-0 train state starting from ``params`` (e.g. warm-started weights)."""
-    return jax.jit(self._state_from, in_shardings=(self.param_shardings,),
-                   out_shardings=self.state_shardings)(params)
+    return jax.jit(
+      self._state_from, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings
+    )(params)
 
   def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     key = jax.random.fold_in(jax.random.key(self.config.seed), state["step"])
@@ -93,17 +116,20 @@ class Trainer:
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-  def _eval_chunk(self, params: dict, chunk: dict, task_ids_T: jax.Array,
-                  tasks_TxC: jax.Array) -> dict[str, jax.Array]:
+  def _eval_chunk(
+    self, params: dict, chunk: dict, task_ids_T: jax.Array, tasks_TxC: jax.Array
+  ) -> dict[str, jax.Array]:
     nll = jax.vmap(self.method.task_nll, in_axes=(None, 0, 0, 0))(
-        params, chunk["tokens"], task_ids_T, tasks_TxC)
+      params, chunk["tokens"], task_ids_T, tasks_TxC
+    )
     return {name: (v * chunk["mask"]).sum(1) for name, v in nll.items()}
 
   def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return jax.device_put(batch, self.batch_shardings)
 
-  def evaluate(self, params: dict, data: data_lib.TaskData,
-               split: data_lib.Split) -> dict[str, dict[str, float]]:
+  def evaluate(
+    self, params: dict, data: data_lib.TaskData, split: data_lib.Split
+  ) -> dict[str, dict[str, float]]:
     """Bits/dim per task of every scored model ('main', and 'source' in projectable mode)."""
     task_ids = jnp.arange(data.num_tasks, dtype=jnp.int32)
     tasks = jnp.asarray(data.task_descriptors())
@@ -121,8 +147,9 @@ def _like_params(tree, params: dict, param_shardings: dict, default: NamedShardi
   """Shardings for optimizer state: a leaf whose key path ends with a weight's path and
   has its shape (Adam's moments) is sharded like that weight; anything else is replicated."""
   by_path = {}
-  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
-                          jax.tree.leaves(param_shardings), strict=True):
+  for (path, p), s in zip(
+    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_shardings), strict=True
+  ):
     by_path[tuple(k.key for k in path)] = (p.shape, s)
 
   def pick(path, leaf):

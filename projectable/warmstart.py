@@ -34,18 +34,22 @@ def load_source(config: ml_collections.ConfigDict, data: TaskData) -> dict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"config.init.source_workdir={workdir!r} has no config.json: train a source there "
-        "first (--config.mode=source) or fix the path")
+      f"config.init.source_workdir={workdir!r} has no config.json: train a source there "
+      "first (--config.mode=source) or fix the path"
+    )
   with open(path) as f:
     src_config = ml_collections.ConfigDict(json.load(f))
   if src_config.mode not in ("source", "projectable"):
-    raise ValueError(f"config.init.source_workdir={workdir!r} holds a {src_config.mode!r} run; "
-                     "it needs a 'source' or 'projectable' run")
+    raise ValueError(
+      f"config.init.source_workdir={workdir!r} holds a {src_config.mode!r} run; "
+      "it needs a 'source' or 'projectable' run"
+    )
   for field in _ARCH_FIELDS:
     if src_config.model[field] != config.model[field]:
       raise ValueError(
-          f"config.model.{field}={config.model[field]} but the source in {workdir!r} has "
-          f"{src_config.model[field]}; use the same source architecture")
+        f"config.model.{field}={config.model[field]} but the source in {workdir!r} has "
+        f"{src_config.model[field]}; use the same source architecture"
+      )
   if src_config.data.to_dict() != config.data.to_dict():
     raise ValueError(f"config.data differs from the data of the source in {workdir!r}")
   method = make_method(src_config, data)
@@ -70,10 +74,12 @@ def warm_params(method: Method, params: dict, source: dict) -> dict:
   small = method.small
   if small.num_classes:  # universal: every class keeps its own (selected) start embedding
     one = projector.select_subnetwork(source, method.src, small, descriptors[0])
-    one["start_embed"] = source["start_embed"][:, projector.selection_indices(
-        method.src, small)["residual"]]
+    one["start_embed"] = source["start_embed"][
+      :, projector.selection_indices(method.src, small)["residual"]
+    ]
     params["small"] = one
   else:
-    params["small"] = jax.vmap(
-        lambda c: projector.select_subnetwork(source, method.src, small, c))(descriptors)
+    params["small"] = jax.vmap(lambda c: projector.select_subnetwork(source, method.src, small, c))(
+      descriptors
+    )
   return params

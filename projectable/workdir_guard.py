@@ -16,8 +16,14 @@ import ml_collections
 
 # Top-level sections or fields that may differ between a run and its resumption.
 _MAY_CHANGE = {"mesh", "samples", "sharding"}
-_TRAIN_MAY_CHANGE = {"num_steps", "eval_every", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_chunk"}
+_TRAIN_MAY_CHANGE = {
+  "num_steps",
+  "eval_every",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "eval_chunk",
+}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -44,14 +50,17 @@ def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path) as f:
     saved = _flatten(json.load(f))
   current = _flatten(json.loads(config.to_json_best_effort()))
-  diff = [f"  {name}: workdir has {saved.get(name)!r}, config has {current.get(name)!r}"
-          for name in sorted(set(saved) | set(current))
-          if _relevant(name) and saved.get(name) != current.get(name)]
+  diff = [
+    f"  {name}: workdir has {saved.get(name)!r}, config has {current.get(name)!r}"
+    for name in sorted(set(saved) | set(current))
+    if _relevant(name) and saved.get(name) != current.get(name)
+  ]
   if diff:
     raise ValueError(
-        f"{workdir} holds a run with a different config; resuming it would mix two "
-        "experiments:\n" + "\n".join(diff) + "\nUse a new --workdir to start fresh, or "
-        "restore the old values to resume.")
+      f"{workdir} holds a run with a different config; resuming it would mix two "
+      "experiments:\n" + "\n".join(diff) + "\nUse a new --workdir to start fresh, or "
+      "restore the old values to resume."
+    )
 
 
 class Preempted(Exception):

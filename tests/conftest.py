@@ -4,7 +4,8 @@ import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
@@ -12,8 +13,9 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests build many trainers of the same shapes: reuse compiled executables across them.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "projectable-test-jax-cache"))
+jax.config.update(
+  "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "projectable-test-jax-cache")
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -31,11 +31,9 @@ def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_p
   with Image.open(os.path.join(workdir, "comparison.png")) as image:
     assert image.format == "PNG"
   mtime = os.path.getmtime(os.path.join(workdir, "universal_seed0", "eval", "metrics.json"))
-  again = compare.compare(tiny_config, workdir, seeds=[0], budget="flops",
-                          methods=("universal",))
+  again = compare.compare(tiny_config, workdir, seeds=[0], budget="flops", methods=("universal",))
   assert again["methods"]["universal"] == result["methods"]["universal"]
-  assert os.path.getmtime(
-      os.path.join(workdir, "universal_seed0", "eval", "metrics.json")) == mtime
+  assert os.path.getmtime(os.path.join(workdir, "universal_seed0", "eval", "metrics.json")) == mtime
 
 
 def test_unknown_method_or_budget_raises(tiny_config, tmp_path):

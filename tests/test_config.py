@@ -8,18 +8,18 @@ from configs import digits
 from projectable import config_lib, train
 
 BAD_VALUES = [
-    ("mode", "teacher", "config.mode"),
-    ("small.d", 256, "config.small.d"),
-    ("model.heads", 5, "config.model.heads"),
-    ("small.heads", 3, "config.small.heads"),
-    ("projector.rank", -1, "config.projector.rank"),
-    ("projector.form", "dense", "config.projector.form"),
-    ("small.depth", 3, "config.small.depth"),
-    ("train.learning_rate", -0.1, "config.train.learning_rate"),
-    ("train.num_steps", 0, "config.train.num_steps"),
-    ("model.dropout", 1.5, "config.model.dropout"),
-    ("mesh", "data:3,model:2", "config.mesh"),
-    ("train.examples_per_task", 3, "config.train.examples_per_task"),
+  ("mode", "teacher", "config.mode"),
+  ("small.d", 256, "config.small.d"),
+  ("model.heads", 5, "config.model.heads"),
+  ("small.heads", 3, "config.small.heads"),
+  ("projector.rank", -1, "config.projector.rank"),
+  ("projector.form", "dense", "config.projector.form"),
+  ("small.depth", 3, "config.small.depth"),
+  ("train.learning_rate", -0.1, "config.train.learning_rate"),
+  ("train.num_steps", 0, "config.train.num_steps"),
+  ("model.dropout", 1.5, "config.model.dropout"),
+  ("mesh", "data:3,model:2", "config.mesh"),
+  ("train.examples_per_task", 3, "config.train.examples_per_task"),
 ]
 
 

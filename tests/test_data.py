@@ -15,7 +15,8 @@ def test_digits_counts_shapes_and_disjoint_stratified_splits():
     assert set(np.unique(split.labels)) == set(range(10))
   # Stratified: every class has about 20% of its images in test.
   counts = np.bincount(data.test.labels, minlength=10) / np.bincount(
-      np.concatenate([data.train.labels, data.val.labels, data.test.labels]), minlength=10)
+    np.concatenate([data.train.labels, data.val.labels, data.test.labels]), minlength=10
+  )
   np.testing.assert_allclose(counts, 0.2, atol=0.01)
   # The same seed gives the same split; a different one does not.
   again = data_lib.load_digits(17, 0.1, 0.2, seed=0)

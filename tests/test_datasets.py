@@ -27,8 +27,10 @@ def _cfg(tfds_dir: str, **overrides):
 @pytest.fixture(scope="session")
 def fashion(tfds_dir):
   if not os.path.isdir(tfds_sources.FASHION_MNIST_DIR):
-    pytest.skip(f"Fashion-MNIST IDX files absent from {tfds_sources.FASHION_MNIST_DIR}; "
-                "install them with `apt-get install dataset-fashion-mnist`")
+    pytest.skip(
+      f"Fashion-MNIST IDX files absent from {tfds_sources.FASHION_MNIST_DIR}; "
+      "install them with `apt-get install dataset-fashion-mnist`"
+    )
   return data_lib.load(_cfg(tfds_dir, name="fashion_mnist", levels=16, downsample=2))
 
 
@@ -51,12 +53,14 @@ def test_fashion_mnist_counts_shapes_labels_and_downsampling(fashion):
   assert fashion.task_names[0] == "t_shirt_top" and fashion.num_tasks == 10
   np.testing.assert_array_equal(np.bincount(fashion.test.labels), [1000] * 10)
   np.testing.assert_array_equal(
-      np.bincount(np.concatenate([fashion.train.labels, fashion.val.labels])), [6000] * 10)
+    np.bincount(np.concatenate([fashion.train.labels, fashion.val.labels])), [6000] * 10
+  )
   for split in (fashion.train, fashion.val, fashion.test):
     assert split.tokens.dtype == np.int32 and 0 <= split.tokens.min() <= split.tokens.max() <= 15
   # Test split = the IDX test file in order, 2x2 mean-pooled and quantised to 16 levels.
-  raw = tfds_sources.read_idx(os.path.join(tfds_sources.FASHION_MNIST_DIR,
-                                           "t10k-images-idx3-ubyte.gz"))
+  raw = tfds_sources.read_idx(
+    os.path.join(tfds_sources.FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")
+  )
   expect = data_lib.quantise(raw[:50].reshape(50, 14, 2, 14, 2).mean((2, 4)), 255.0, 16)
   np.testing.assert_array_equal(fashion.test.tokens[:50], expect.reshape(50, 196))
 
@@ -73,8 +77,9 @@ def test_quantise_and_downsample_are_exact_on_hand_made_images():
   np.testing.assert_array_equal(pooled[0, :, :, 0], [[2, 8], [16, 2]])
   tokens = data_lib.preprocess(image[None, :, :, None], 16.0, 17, 2)
   np.testing.assert_array_equal(tokens, [[2, 8, 16, 2]])
-  np.testing.assert_array_equal(data_lib.preprocess(image[None, :, :, None], 16.0, 5, 2),
-                                [[0, 2, 4, 0]])
+  np.testing.assert_array_equal(
+    data_lib.preprocess(image[None, :, :, None], 16.0, 5, 2), [[0, 2, 4, 0]]
+  )
   # Colour: raster order with channels interleaved.
   rgb = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
   np.testing.assert_array_equal(data_lib.preprocess(rgb, 255.0, 256, 1), [np.arange(12)])
@@ -91,8 +96,9 @@ def test_arrays_source_round_trips_colour_images(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (90, 4, 6, 3), dtype=np.uint8)
   labels = np.repeat(np.arange(3), 30)
-  path = _npz(tmp_path / "mine.npz", image=images, label=labels,
-              class_names=np.array(["cat", "dog", "bird"]))
+  path = _npz(
+    tmp_path / "mine.npz", image=images, label=labels, class_names=np.array(["cat", "dog", "bird"])
+  )
   cfg = _cfg("", name="arrays", path=path, levels=256, tasks="pets:cat,dog;bird:2")
   data = data_lib.load(cfg)
   assert data.name == "mine" and data.image_shape == (4, 6, 3) and data.seq_len == 72
@@ -103,9 +109,15 @@ def test_arrays_source_round_trips_colour_images(tmp_path):
     for tokens, label in zip(split.tokens, split.labels, strict=True):
       assert lookup[tuple(tokens)] == label
   test_path = _npz(tmp_path / "test.npz", image=images[::10, :, :, 0], label=labels[::10])
-  grey = data_lib.load(_cfg("", name="arrays", path=_npz(
-      tmp_path / "grey.npz", image=images[:, :, :, 0], label=labels), test_path=test_path,
-      levels=256))
+  grey = data_lib.load(
+    _cfg(
+      "",
+      name="arrays",
+      path=_npz(tmp_path / "grey.npz", image=images[:, :, :, 0], label=labels),
+      test_path=test_path,
+      levels=256,
+    )
+  )
   assert grey.image_shape == (4, 6, 1) and grey.class_names == ("0", "1", "2")
   np.testing.assert_array_equal(grey.test.tokens, images[::10, :, :, 0].reshape(9, -1))
   assert len(grey.train.labels) + len(grey.val.labels) == 90
@@ -114,33 +126,49 @@ def test_arrays_source_round_trips_colour_images(tmp_path):
 def test_tasks_are_unions_of_classes(tfds_dir):
   data = data_lib.load(_cfg(tfds_dir, name="digits", tasks="low:0,1,2;odd:1,3,5,7,9"))
   assert data.task_names == ("low", "odd")
-  np.testing.assert_allclose(data.task_descriptors()[1], np.isin(np.arange(10), [1, 3, 5, 7, 9])
-                             / 5)
+  np.testing.assert_allclose(
+    data.task_descriptors()[1], np.isin(np.arange(10), [1, 3, 5, 7, 9]) / 5
+  )
   for pool, classes in zip(data.task_indices(data.test), data.task_classes, strict=True):
     assert set(data.test.labels[pool]) == set(classes)
   assert data_lib.parse_tasks({"a": [3, "1"]}, tuple("0123")) == (("a",), ((1, 3),))
 
 
-@pytest.mark.parametrize("arrays, match", [
+@pytest.mark.parametrize(
+  "arrays, match",
+  [
     ({"images": np.zeros((4, 2, 2), np.uint8), "label": np.zeros(4, int)}, "needs 'image'"),
     ({"image": np.zeros((4, 2, 2), np.float32), "label": np.zeros(4, int)}, "must be uint8"),
     ({"image": np.zeros((4, 2), np.uint8), "label": np.zeros(4, int)}, "must be uint8 of shape"),
     ({"image": np.zeros((4, 2, 2), np.uint8), "label": np.zeros(3, int)}, "'label' must be"),
     ({"image": np.zeros((4, 2, 2), np.uint8), "label": np.array([0, 1, -1, 0])}, "outside"),
-    ({"image": np.zeros((4, 2, 2), np.uint8), "label": np.array([0, 1, 5, 0]),
-      "class_names": np.array(["a", "b"])}, "labels \\[5\\] are outside the classes 0..1"),
-])
+    (
+      {
+        "image": np.zeros((4, 2, 2), np.uint8),
+        "label": np.array([0, 1, 5, 0]),
+        "class_names": np.array(["a", "b"]),
+      },
+      "labels \\[5\\] are outside the classes 0..1",
+    ),
+  ],
+)
 def test_bad_npz_raises_a_clear_error(tmp_path, arrays, match):
   path = _npz(tmp_path / "bad.npz", **arrays)
   with pytest.raises(ValueError, match=match):
     sources.open_arrays(path)
 
 
-@pytest.mark.parametrize("tasks, match", [
-    ("tops:", "task 'tops' is empty"), ("tops:0,11", "class 11 of task 'tops' is outside"),
-    ("a b:1", "task name 'a b'"), ("x:1;x:2", "task name 'x'"), ("tops", "not of the form"),
+@pytest.mark.parametrize(
+  "tasks, match",
+  [
+    ("tops:", "task 'tops' is empty"),
+    ("tops:0,11", "class 11 of task 'tops' is outside"),
+    ("a b:1", "task name 'a b'"),
+    ("x:1;x:2", "task name 'x'"),
+    ("tops", "not of the form"),
     ("t:shoe", "neither an index nor one of the class names"),
-])
+  ],
+)
 def test_bad_tasks_raise_a_clear_error(tasks, match):
   with pytest.raises(ValueError, match=match):
     data_lib.parse_tasks(tasks, tuple("0123456789"))
@@ -172,10 +200,16 @@ class ProjectableTestSquares(tfds.core.GeneratorBasedBuilder):
   code_path = None
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(6, 6), dtype=np.uint8),
-        "label": tfds.features.ClassLabel(names=["dark", "light"])}),
-        supervised_keys=("image", "label"))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(6, 6), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=["dark", "light"]),
+        }
+      ),
+      supervised_keys=("image", "label"),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(40), "test": self._generate_examples(10)}
@@ -193,6 +227,7 @@ def test_a_prepared_tfds_dataset_is_read_by_name(tmp_path, monkeypatch):
   assert len(data.test.labels) == 10 and len(data.train.labels) + len(data.val.labels) == 40
   for split in (data.train, data.val, data.test):
     np.testing.assert_array_equal(split.tokens, np.repeat(split.labels[:, None], 36, 1))
+
   # What TFDS raises for data prepared as TFRecord (preparing one would import TensorFlow).
   def tfrecord_only(*args, **kwargs):
     raise NotImplementedError("Random access data source for file format tfrecord")

@@ -48,8 +48,9 @@ def test_tokens_3(workdir):
 
 def run_launcher(name: str, argv: list[str]) -> None:
   """Runs ``launch/<name>.py``'s main in-process on ``argv``, then forgets its flags."""
-  spec = importlib.util.spec_from_file_location(f"launch_{name}",
-                                                os.path.join(ROOT, "launch", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"launch_{name}", os.path.join(ROOT, "launch", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   known = set(flags.FLAGS)
   spec.loader.exec_module(module)
@@ -70,8 +71,15 @@ def test_export_round_trip_matches_training(exported, metrics, test_tokens_3):
     assert abs(meta["test_bits_per_dim"] - bpd) < 1e-5
     assert meta["source_step"] == metrics["step"] and meta["source_weights"] == "best"
   specialist, meta = load_specialist(os.path.join(out, "3"))
-  expected = {"dataset": "digits", "image_shape": [8, 8, 1], "levels": 17, "task": "3",
-              "task_classes": [3], "class_names": ["3"], "mode": "projectable"}
+  expected = {
+    "dataset": "digits",
+    "image_shape": [8, 8, 1],
+    "levels": 17,
+    "task": "3",
+    "task_classes": [3],
+    "class_names": ["3"],
+    "mode": "projectable",
+  }
   assert {k: meta[k] for k in expected} == expected
   measured = float(specialist.bits_per_dim(test_tokens_3).mean())
   assert abs(measured - per_task["3"]) < 1e-5
@@ -100,13 +108,16 @@ def test_nothing_is_overwritten_without_overwrite(workdir, exported):
   assert os.path.getmtime(os.path.join(out, "3", "config.json")) == before
 
 
-@pytest.mark.parametrize("case, match", [
+@pytest.mark.parametrize(
+  "case, match",
+  [
     ("missing", "no workdir at"),
     ("no_config", "has no config.json"),
     ("no_checkpoints", "has no best-on-validation checkpoint"),
     ("unsaved_step", r"has no step 4; saved steps: \[3, 6\]"),
     ("source_mode", "mode 'source' has no specialists"),
-])
+  ],
+)
 def test_clear_errors(workdir, tmp_path, case, match):
   bad, step = str(tmp_path / "run"), None
   if case == "unsaved_step":
@@ -128,8 +139,13 @@ def test_tflite_logits_match_jax(workdir, tmp_path, test_tokens_3):
   os.makedirs(out / "3")
   (out / "3" / "notes.txt").write_text("kept")  # Overwriting keeps unrelated files.
   export.export(workdir, str(out), tasks="3", overwrite=True, fmt="tflite")
-  assert sorted(os.listdir(out / "3")) == ["config.json", "model.tflite", "notes.txt", "params",
-                                           "saved_model"]
+  assert sorted(os.listdir(out / "3")) == [
+    "config.json",
+    "model.tflite",
+    "notes.txt",
+    "params",
+    "saved_model",
+  ]
   specialist, _ = load_specialist(str(out / "3"))
   tokens = test_tokens_3[:8]
   litert = tflite.litert_logits(str(out / "3" / tflite.TFLITE_FILE), tokens)
@@ -139,8 +155,11 @@ def test_tflite_logits_match_jax(workdir, tmp_path, test_tokens_3):
 @pytest.mark.parametrize("source", ["specialist", "workdir"])
 def test_sample_writes_a_grid(workdir, exported, tmp_path, source):
   grid = str(tmp_path / "grid.png")
-  args = ([f"--specialist={os.path.join(exported[0], '3')}"] if source == "specialist"
-          else [f"--workdir={workdir}", "--task=3"])
+  args = (
+    [f"--specialist={os.path.join(exported[0], '3')}"]
+    if source == "specialist"
+    else [f"--workdir={workdir}", "--task=3"]
+  )
   run_launcher("sample", [*args, "--num=6", f"--out={grid}", "--seed=1", "--temperature=0.9"])
   with Image.open(grid) as image:
     assert image.format == "PNG"

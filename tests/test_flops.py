@@ -23,8 +23,9 @@ def test_counted_flops_match_xla_within_10_percent(tiny_config, mode):
     if hasattr(method, "small"):
       method.small = dataclasses.replace(method.small, unroll=True)
     trainer = Trainer(tiny_config, method, mesh)
-    batcher = data_lib.TaskBatcher(data, tiny_config.train.batch_tasks,
-                                   tiny_config.train.examples_per_task, 0)
+    batcher = data_lib.TaskBatcher(
+      data, tiny_config.train.batch_tasks, tiny_config.train.examples_per_task, 0
+    )
     batch = trainer.place_batch(batcher.batch(0))
     cost = trainer.train_step.lower(trainer.abstract_state, batch).compile().cost_analysis()
   xla = (cost[0] if isinstance(cost, list) else cost)["flops"]

@@ -26,8 +26,9 @@ def _same(a: dict, b: dict) -> None:
 
 
 def test_batches_are_grouped_by_task_and_read_from_the_source(digits):
-  make = pipeline.TaskBatch(digits, batch_tasks=4, examples_per_task=6, seed=1,
-                            process_index=0, process_count=1)
+  make = pipeline.TaskBatch(
+    digits, batch_tasks=4, examples_per_task=6, seed=1, process_index=0, process_count=1
+  )
   batch = make(3)
   assert batch["tokens"].shape == (4, 6, 64) and batch["tokens"].dtype == np.int32
   np.testing.assert_array_equal(batch["task_id"], np.arange(4))
@@ -45,14 +46,15 @@ def test_each_epoch_of_a_task_visits_its_examples_once(digits):
   pool = make.pools[3]  # Task 'zero': about 125 images.
   steps = -(-2 * len(pool) // 6)
   stream = np.concatenate([make.block(3, s) for s in range(steps)])
-  assert sorted(stream[:len(pool)]) == sorted(pool)
-  assert sorted(stream[len(pool):2 * len(pool)]) == sorted(pool)
-  assert not np.array_equal(stream[:len(pool)], stream[len(pool):2 * len(pool)])
+  assert sorted(stream[: len(pool)]) == sorted(pool)
+  assert sorted(stream[len(pool) : 2 * len(pool)]) == sorted(pool)
+  assert not np.array_equal(stream[: len(pool)], stream[len(pool) : 2 * len(pool)])
 
 
 def test_task_subsets_are_seeded_and_shared_by_hosts(digits):
-  hosts = [pipeline.TaskBatch(digits, 2, 6, seed=5, process_index=p, process_count=2)
-           for p in range(2)]
+  hosts = [
+    pipeline.TaskBatch(digits, 2, 6, seed=5, process_index=p, process_count=2) for p in range(2)
+  ]
   chosen = [tuple(hosts[0].tasks(s)) for s in range(20)]
   assert len(set(chosen)) > 1 and all(len(set(c)) == 2 for c in chosen)
   for s in range(20):
@@ -66,8 +68,9 @@ def test_host_slices_are_disjoint_and_cover_the_train_split(digits):
   rows = [pipeline.host_rows(n, p, 2) for p in range(2)]
   assert not set(rows[0]) & set(rows[1])
   np.testing.assert_array_equal(np.sort(np.concatenate(rows)), np.arange(n))
-  hosts = [pipeline.TaskBatch(digits, 4, 6, seed=0, process_index=p, process_count=2)
-           for p in range(2)]
+  hosts = [
+    pipeline.TaskBatch(digits, 4, 6, seed=0, process_index=p, process_count=2) for p in range(2)
+  ]
   seen = [set(), set()]
   for p, host in enumerate(hosts):
     for s in range(120):  # 3 per task per step: over an epoch of every task's slice (~315).
@@ -105,14 +108,22 @@ def test_iterator_state_saves_and_restores_with_orbax(digits, tmp_path):
     for _ in range(7):
       next(it)
     state = {"step": np.int32(7)}
-    ckpts.state.save(7, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+    ckpts.state.save(
+      7,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)
+      ),
+    )
     expected = [next(it) for _ in range(2)]  # Advancing while the save finishes is safe.
     ckpts.wait()
     fresh = pipeline.train_iterator(digits, 4, 4, seed=0)
-    restored = ckpts.state.restore(7, args=ocp.args.Composite(
+    restored = ckpts.state.restore(
+      7,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(jax.eval_shape(lambda: state)),
-        data=grain.checkpoint.CheckpointRestore(fresh)))
+        data=grain.checkpoint.CheckpointRestore(fresh),
+      ),
+    )
     assert int(restored.state["step"]) == 7 and fresh.get_state() == {"next_index": 7}
     for a, b in zip(expected, [next(fresh) for _ in range(2)], strict=True):
       _same(a, b)
@@ -128,8 +139,11 @@ def test_in_memory_task_data_and_placement_on_the_data_axis():
     lookup = {tuple(t) for t in data.train.tokens[data.train.labels == task]}
     assert all(tuple(t) in lookup for t in batch["tokens"][m])
   mesh = sharding.make_mesh("data:4,model:1")
-  shardings = {"tokens": NamedSharding(mesh, PartitionSpec(None, "data", None)),
-               "task_id": sharding.replicated(mesh), "task": sharding.replicated(mesh)}
+  shardings = {
+    "tokens": NamedSharding(mesh, PartitionSpec(None, "data", None)),
+    "task_id": sharding.replicated(mesh),
+    "task": sharding.replicated(mesh),
+  }
   placed = pipeline.place(batch, shardings)
   for k in batch:
     assert placed[k].sharding == shardings[k]

@@ -17,11 +17,20 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
   env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
   proc = subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "launch", "train.py"),
-       "--config", os.path.join(REPO, "configs", "digits.py") + ":tiny",
-       f"--workdir={workdir}", "--config.train.num_steps=100000",
-       "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000"],
-      env=env, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "train.py"),
+      "--config",
+      os.path.join(REPO, "configs", "digits.py") + ":tiny",
+      f"--workdir={workdir}",
+      "--config.train.num_steps=100000",
+      "--config.train.checkpoint_every=100000",
+      "--config.train.eval_every=100000",
+    ],
+    env=env,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 120
   events = None
   while time.time() < deadline and not events:  # Wait until training is under way.

@@ -25,8 +25,7 @@ def _source_params():
 @pytest.mark.parametrize("form", projector.FORMS)
 def test_init_projection_equals_selected_subnetwork(form):
   source = _source_params()
-  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(4, form),
-                                  jax.random.key(2))
+  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(4, form), jax.random.key(2))
   task = jax.nn.one_hot(3, 10)
   projected = jax.jit(projector.project)(source, proj, task)
   selected = projector.select_subnetwork(source, SRC, SMALL, task)
@@ -41,8 +40,9 @@ def test_init_projection_equals_selected_subnetwork(form):
 @pytest.mark.parametrize("rank,form", [(0, "factored"), (3, "factored"), (3, "full")])
 def test_project_gives_exactly_the_small_models_tree(rank, form):
   source = _source_params()
-  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(rank, form),
-                                  jax.random.key(2))
+  proj = projector.init_projector(
+    SRC, SMALL, projector.ProjectorConfig(rank, form), jax.random.key(2)
+  )
   projected = projector.project(source, proj, jax.nn.one_hot(0, 10))
   expected = jax.eval_shape(lambda: model.init_params(SMALL, jax.random.key(0)))
   assert jax.tree.structure(projected) == jax.tree.structure(expected)
@@ -54,14 +54,16 @@ def _perturbed(proj):
   leaves, tree = jax.tree.flatten(proj)
   keys = jax.random.split(jax.random.key(5), len(leaves))
   return jax.tree.unflatten(
-      tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=False)])
+    tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=False)]
+  )
 
 
 @pytest.mark.parametrize("rank,form", [(0, "factored"), (2, "factored"), (2, "full")])
 def test_task_dependence_only_with_rank(rank, form):
   source = _source_params()
-  proj = _perturbed(projector.init_projector(
-      SRC, SMALL, projector.ProjectorConfig(rank, form), jax.random.key(2)))
+  proj = _perturbed(
+    projector.init_projector(SRC, SMALL, projector.ProjectorConfig(rank, form), jax.random.key(2))
+  )
   tasks = jax.nn.one_hot(jnp.arange(2), 10)
   # Compare the maps and the shared body (start embeddings always differ by task).
   a, b = (projector.project(source, proj, t)["blocks"]["wq"] for t in tasks)
@@ -72,7 +74,10 @@ def test_task_dependence_only_with_rank(rank, form):
 
 
 def test_factored_projector_is_far_smaller_than_full_bases():
-  sizes = {form: model.num_params(projector.init_projector(
-      SRC, SMALL, projector.ProjectorConfig(8, form), jax.random.key(0)))
-      for form in projector.FORMS}
+  sizes = {
+    form: model.num_params(
+      projector.init_projector(SRC, SMALL, projector.ProjectorConfig(8, form), jax.random.key(0))
+    )
+    for form in projector.FORMS
+  }
   assert sizes["factored"] * 4 < sizes["full"]

@@ -10,10 +10,12 @@ from PIL import Image
 
 from projectable import data, images, model, sampling
 
-UNCOND = model.ModelConfig(vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32,
-                           depth=2)
-COND = model.ModelConfig(vocab_size=17, seq_len=64, num_classes=3, d=16, heads=2, mlp_dim=32,
-                         depth=2)
+UNCOND = model.ModelConfig(
+  vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32, depth=2
+)
+COND = model.ModelConfig(
+  vocab_size=17, seq_len=64, num_classes=3, d=16, heads=2, mlp_dim=32, depth=2
+)
 TASK = jnp.array([0.5, 0.5, 0.0])
 
 
@@ -27,8 +29,10 @@ def sharp_params(cfg: model.ModelConfig, seed: int = 0) -> dict:
   shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
   leaves, treedef = jax.tree.flatten(shapes)
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(shapes)]
-  noisy = [jnp.asarray(rng.normal(float("scale" in path), 0.5, x.shape), jnp.float32)
-           for path, x in zip(paths, leaves, strict=True)]
+  noisy = [
+    jnp.asarray(rng.normal(float("scale" in path), 0.5, x.shape), jnp.float32)
+    for path, x in zip(paths, leaves, strict=True)
+  ]
   return jax.tree.unflatten(treedef, noisy)
 
 
@@ -110,8 +114,9 @@ def test_save_grid_writes_expected_png(tmp_path):
     assert png.size == (4 * 24 + 3, 3 * 24 + 2)
     canvas = np.asarray(png)
   np.testing.assert_array_equal(canvas[:24, :24], pictures[0, :, :, 0].repeat(3, 0).repeat(3, 1))
-  np.testing.assert_array_equal(canvas[25:49, 25:49],
-                                pictures[5, :, :, 0].repeat(3, 0).repeat(3, 1))
+  np.testing.assert_array_equal(
+    canvas[25:49, 25:49], pictures[5, :, :, 0].repeat(3, 0).repeat(3, 1)
+  )
   assert (canvas[:, 24] == images.SEPARATOR).all()
   assert (canvas[50:, 50:] == images.SEPARATOR).all()  # Two empty cells in the last row.
 
@@ -125,8 +130,7 @@ def test_save_grid_default_scale_rgb(tmp_path):
 
 
 def test_save_bar_chart(tmp_path):
-  series = {"projectable": {"0": 1.2, "1": 1.5, "2": 1.1},
-            "source (joint)": {"0": 1.0, "1": 1.3}}
+  series = {"projectable": {"0": 1.2, "1": 1.5, "2": 1.1}, "source (joint)": {"0": 1.0, "1": 1.3}}
   path = tmp_path / "eval" / "bits_per_dim.png"
   images.save_bar_chart(series, str(path), title="digits", ylabel="bits/dim")
   with Image.open(path) as png:

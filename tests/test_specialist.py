@@ -13,10 +13,19 @@ import pytest
 from projectable import data, model, sampling
 from projectable.specialist import Specialist, load_specialist, save_specialist
 
-CFG = model.ModelConfig(vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32,
-                        depth=2)
-META = {"dataset": "digits", "image_shape": [8, 8, 1], "levels": 17, "task": "3",
-        "task_classes": [3], "class_names": ["3"], "source_step": 120, "test_bits_per_dim": 1.25}
+CFG = model.ModelConfig(
+  vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32, depth=2
+)
+META = {
+  "dataset": "digits",
+  "image_shape": [8, 8, 1],
+  "levels": 17,
+  "task": "3",
+  "task_classes": [3],
+  "class_names": ["3"],
+  "source_step": 120,
+  "test_bits_per_dim": 1.25,
+}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,8 +34,11 @@ def random_params(cfg: model.ModelConfig, seed: int) -> dict:
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: jnp.asarray(rng.normal(float("scale" in jax.tree_util.keystr(p)), 0.3,
-                                          x.shape), jnp.float32), shapes)
+    lambda p, x: jnp.asarray(
+      rng.normal(float("scale" in jax.tree_util.keystr(p)), 0.3, x.shape), jnp.float32
+    ),
+    shapes,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +59,9 @@ def test_round_trip_gives_identical_scores(saved, digits_test_tokens):
   directory, params = saved
   spec, meta = load_specialist(directory)
   assert spec.cfg == CFG and meta == META
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               spec.params, params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), spec.params, params
+  )
   original = Specialist(CFG, params)
   logits = np.asarray(spec.logits(digits_test_tokens), np.float64)
   np.testing.assert_array_equal(logits, np.asarray(original.logits(digits_test_tokens)))
@@ -60,7 +73,8 @@ def test_round_trip_gives_identical_scores(saved, digits_test_tokens):
   assert bpd.shape == (32,) and (bpd > 0).all()
   tokens = spec.sample(4, seed=3)
   np.testing.assert_array_equal(
-      np.asarray(tokens), np.asarray(sampling.sample(CFG, params, 4, jax.random.key(3))))
+    np.asarray(tokens), np.asarray(sampling.sample(CFG, params, 4, jax.random.key(3)))
+  )
 
 
 def test_config_json_is_plain_json(saved):
@@ -78,24 +92,37 @@ def test_loads_and_scores_without_training_modules(saved, digits_test_tokens, tm
   tokens_path = str(tmp_path / "tokens.npy")
   np.save(tokens_path, digits_test_tokens)
   script = (
-      "import json, sys, numpy as np\n"
-      "from projectable.specialist import load_specialist\n"
-      f"spec, meta = load_specialist({directory!r})\n"
-      f"bpd = spec.bits_per_dim(np.load({tokens_path!r}))\n"
-      "print(json.dumps({'bpd': np.asarray(bpd).tolist(), 'task': meta['task'],\n"
-      "  'loaded': sorted(m for m in sys.modules if m.startswith('projectable'))}))\n")
+    "import json, sys, numpy as np\n"
+    "from projectable.specialist import load_specialist\n"
+    f"spec, meta = load_specialist({directory!r})\n"
+    f"bpd = spec.bits_per_dim(np.load({tokens_path!r}))\n"
+    "print(json.dumps({'bpd': np.asarray(bpd).tolist(), 'task': meta['task'],\n"
+    "  'loaded': sorted(m for m in sys.modules if m.startswith('projectable'))}))\n"
+  )
   env = {**os.environ, "PYTHONPATH": ROOT}
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, cwd=str(tmp_path), timeout=120, check=False)
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=str(tmp_path),
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["task"] == "3"
-  for forbidden in ("projectable.projector", "projectable.modes", "projectable.trainer",
-                    "projectable.train"):
+  for forbidden in (
+    "projectable.projector",
+    "projectable.modes",
+    "projectable.trainer",
+    "projectable.train",
+  ):
     assert forbidden not in out["loaded"]
   spec, _ = load_specialist(directory)
-  np.testing.assert_allclose(out["bpd"], np.asarray(spec.bits_per_dim(digits_test_tokens)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    out["bpd"], np.asarray(spec.bits_per_dim(digits_test_tokens)), rtol=1e-6
+  )
 
 
 def test_refuses_to_overwrite_without_flag(saved, tmp_path, digits_test_tokens):
@@ -106,15 +133,19 @@ def test_refuses_to_overwrite_without_flag(saved, tmp_path, digits_test_tokens):
   with pytest.raises(FileExistsError, match="--overwrite"):
     save_specialist(directory, CFG, other, META)
   spec, _ = load_specialist(directory)
-  np.testing.assert_array_equal(np.asarray(spec.logits(digits_test_tokens)),
-                                np.asarray(Specialist(CFG, params).logits(digits_test_tokens)))
+  np.testing.assert_array_equal(
+    np.asarray(spec.logits(digits_test_tokens)),
+    np.asarray(Specialist(CFG, params).logits(digits_test_tokens)),
+  )
   with open(os.path.join(directory, "notes.txt"), "w") as f:
     f.write("kept")
   save_specialist(directory, CFG, other, {**META, "task": "4"}, overwrite=True)
   spec, meta = load_specialist(directory)
   assert meta["task"] == "4" and os.path.exists(os.path.join(directory, "notes.txt"))
-  np.testing.assert_array_equal(np.asarray(spec.logits(digits_test_tokens)),
-                                np.asarray(Specialist(CFG, other).logits(digits_test_tokens)))
+  np.testing.assert_array_equal(
+    np.asarray(spec.logits(digits_test_tokens)),
+    np.asarray(Specialist(CFG, other).logits(digits_test_tokens)),
+  )
 
 
 def _edit_config(directory: str, **changes) -> None:
@@ -139,8 +170,11 @@ def copy_of_saved(saved, tmp_path):
 
 def test_mismatched_shapes_name_the_weight(copy_of_saved):
   _edit_config(copy_of_saved, mlp_dim=48)
-  with pytest.raises(ValueError, match=r"blocks/w1: \(2, 16, 32\) float32 but the config needs "
-                                       r"\(2, 16, 48\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"blocks/w1: \(2, 16, 32\) float32 but the config needs "
+    r"\(2, 16, 48\)",
+  ):
     load_specialist(copy_of_saved)
 
 

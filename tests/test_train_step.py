@@ -17,8 +17,9 @@ def _run_steps(config, num_steps):
     trainer = Trainer(config, make_method(config, data), mesh)
     state = trainer.init_state(jax.random.key(config.seed))
     before = jax.device_get(state["params"])
-    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks,
-                                   config.train.examples_per_task, config.seed)
+    batcher = data_lib.TaskBatcher(
+      data, config.train.batch_tasks, config.train.examples_per_task, config.seed
+    )
     losses = []
     for step in range(num_steps):
       state, metrics = trainer.train_step(state, trainer.place_batch(batcher.batch(step)))

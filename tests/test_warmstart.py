@@ -24,14 +24,14 @@ def source_workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["specialists", "universal", "projectable"])
 def test_warm_start_is_the_weight_selection_of_the_trained_source(
-    tiny_config, source_workdir, mode):
+  tiny_config, source_workdir, mode
+):
   tiny_config.mode = mode
   tiny_config.init.source_workdir = source_workdir
   data = data_lib.load(tiny_config.data)
   method = make_method(tiny_config, data)
   source = warmstart.load_source(tiny_config, data)
-  _, trained, _ = train.restore_params(
-      _source_config(tiny_config), source_workdir)
+  _, trained, _ = train.restore_params(_source_config(tiny_config), source_workdir)
   jax.tree.map(np.testing.assert_array_equal, source, trained["source"])
   params = warmstart.warm_params(method, method.init(jax.random.key(0)), source)
   tokens = data.test.tokens[:4]
