@@ -12,11 +12,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from projectable import log_filters, train, workdir_guard
+from projectable import distributed, log_filters, train, workdir_guard
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect of a terminated job.
 
@@ -25,6 +28,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
+  distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   logging.info("Config:\n%s", FLAGS.config)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -17,6 +17,10 @@ import ml_collections
 # Top-level sections or fields that may differ between a run and its resumption.
 _MAY_CHANGE = {"mesh", "samples", "sharding"}
 _TRAIN_MAY_CHANGE = {
+  "learning_rate",
+  "warmup_steps",
+  "weight_decay",
+  "grad_clip",
   "num_steps",
   "eval_every",
   "log_every",

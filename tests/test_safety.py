@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from projectable import train
@@ -55,3 +57,16 @@ def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config,
   with pytest.raises(ValueError, match=r"(?s)mode: workdir has 'projectable'.*small\.d"):
     train.train_and_evaluate(tiny_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.train.num_steps = 12
+  tiny_config.train.learning_rate = 1e7  # Diverges at once.
+  with pytest.raises(FloatingPointError, match=r"non-finite \w+=\S+ at step (7|8|9)\b"):
+    train.train_and_evaluate(tiny_config, workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps == [3, 6]
+  _, params, _ = train.restore_params(tiny_config, workdir, step=6)
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
