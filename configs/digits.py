@@ -7,7 +7,7 @@ Override any field with ``--config.a.b=value``.
 
 from ml_collections import ConfigDict
 
-from projectable.config_lib import base_config, parse_variant
+from projectable.config_lib import base_config, make_tiny, parse_variant
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -21,14 +21,5 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.train.eval_every = 50
   c.train.checkpoint_every = 100
   if variant == "tiny":
-    c.train.num_steps = 6
-    c.train.examples_per_task = 4
-    c.train.warmup_steps = 2
-    c.train.eval_every = 3
-    c.train.log_every = 1
-    c.train.checkpoint_every = 3
-    c.model.update(d=32, heads=4, mlp_dim=64, depth=2)
-    c.small.update(d=16, heads=2, mlp_dim=32, depth=2)
-    c.projector.rank = 2
-    c.samples.num_per_task = 4
+    make_tiny(c)
   return c

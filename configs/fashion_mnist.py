@@ -13,7 +13,7 @@ class sets: ``--config.data.tasks='tops:0,2,4,6;bottoms:1,3;footwear:5,7,9;bag:8
 
 from ml_collections import ConfigDict
 
-from projectable.config_lib import base_config, parse_variant
+from projectable.config_lib import base_config, make_tiny, parse_variant
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -50,15 +50,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
   else:  # tiny
     c.data.downsample = 4  # 7x7: 49 tokens.
     c.data.levels = 4
-    c.train.examples_per_task = 4
-    c.train.num_steps = 6
-    c.train.warmup_steps = 2
-    c.train.eval_every = 3
-    c.train.log_every = 1
-    c.train.checkpoint_every = 3
+    make_tiny(c)
     c.train.eval_chunk = 256
-    c.model.update(d=32, heads=4, mlp_dim=64, depth=2)
-    c.small.update(d=16, heads=2, mlp_dim=32, depth=2)
-    c.projector.rank = 2
-    c.samples.num_per_task = 4
   return c

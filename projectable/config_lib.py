@@ -19,6 +19,17 @@ def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
   return name
 
 
+def make_tiny(c: ConfigDict) -> None:
+  """Shrinks a config in place to the ``tiny`` variant: a few steps of tiny models (tests)."""
+  c.train.update(
+    num_steps=6, examples_per_task=4, warmup_steps=2, eval_every=3, log_every=1, checkpoint_every=3
+  )
+  c.model.update(d=32, heads=4, mlp_dim=64, depth=2)
+  c.small.update(d=16, heads=2, mlp_dim=32, depth=2)
+  c.projector.rank = 2
+  c.samples.num_per_task = 4
+
+
 def base_config() -> ConfigDict:
   """Defaults shared by every dataset config."""
   c = ConfigDict()
