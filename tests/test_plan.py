@@ -1,0 +1,34 @@
+"""plan.py's numbers against the real sharded arrays."""
+
+import jax
+
+from projectable import data as data_lib
+from projectable import plan, sharding
+from projectable.modes import make_method
+from projectable.trainer import Trainer
+
+
+def test_planned_bytes_equal_the_real_sharded_arrays(tiny_config):
+  tiny_config.mesh = "data:2,model:2"
+  data = data_lib.load(tiny_config.data)
+  mesh = sharding.make_mesh(tiny_config.mesh)
+  with jax.set_mesh(mesh):
+    planned = plan.plan(tiny_config, data, mesh)
+    trainer = Trainer(tiny_config, make_method(tiny_config, data), mesh)
+    state = trainer.init_state(jax.random.key(0))
+  device = jax.devices()[0]
+  real = {
+    name: sum(
+      s.data.nbytes
+      for leaf in jax.tree.leaves(state[name])
+      for s in leaf.addressable_shards
+      if s.device == device
+    )
+    for name in ("params", "opt_state")
+  }
+  assert planned["params_bytes"] == real["params"]
+  assert planned["opt_state_bytes"] == real["opt_state"]
+  # Sharding over model halves the source's MLP weights on each device.
+  one = plan.plan(tiny_config, data, sharding.make_mesh("data:1,model:1"))
+  assert planned["params_bytes"] < one["params_bytes"]
+  assert planned["activation_bytes"] < one["activation_bytes"]
