@@ -10,32 +10,17 @@ unconditional specialist. Each draws whole images with the KV-cached sampler
 median over ``--repeats`` fresh keys. Prints a table; no thresholds.
 """
 
-import statistics
-import time
-
 import jax
 from absl import app, flags
 
+from benchmarks.common import sample_seconds
 from configs import digits
 from projectable import data as data_lib
-from projectable import flops, model, modes, sampling
+from projectable import flops, model, modes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batches", ["1", "64"], "Images drawn per call.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per row (median reported).")
-
-
-def seconds_per_call(
-  cfg: model.ModelConfig, params: dict, task_C, batch: int, repeats: int
-) -> float:
-  """Median wall time of one KV-cached ``sample`` call of ``batch`` images."""
-  jax.block_until_ready(sampling.sample(cfg, params, batch, jax.random.key(0), task_C))
-  times = []
-  for r in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(sampling.sample(cfg, params, batch, jax.random.key(r + 1), task_C))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv: list[str]) -> None:
@@ -62,7 +47,7 @@ def main(argv: list[str]) -> None:
     mflop = flops.forward_flops_per_sequence(cfg) / 1e6
     shape = f"{cfg.d}/{cfg.heads}/{cfg.mlp_dim}/{cfg.depth}"
     for batch in map(int, FLAGS.batches):
-      seconds = seconds_per_call(cfg, params, cond, batch, FLAGS.repeats)
+      seconds = sample_seconds(cfg, params, cond, batch, FLAGS.repeats)
       rate[name, batch] = batch * cfg.seq_len / seconds
       print(
         f"{name:<11} {shape:>17} {model.num_params(params):>8} {mflop:>11.2f} {batch:>5} "

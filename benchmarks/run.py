@@ -1,0 +1,361 @@
+r"""Issue #7 benchmarks in one process: MFU, projectable overhead, emission, sampling, scaling.
+
+  PYTHONPATH=. python benchmarks/run.py           # full: several minutes on 2 CPU cores
+  PYTHONPATH=. python benchmarks/run.py --quick   # tiny sizes, under a minute
+
+Every figure is a median over repeats of compiled calls (``benchmarks.common``) on one
+device; prints a table and writes ``--out`` (default ``benchmarks/results.json``):
+``{key: {"value": float, "inputs": {...}, ...}}``. See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from configs import digits
+from projectable import data as data_lib
+from projectable import flops, model, modes, projector, sharding
+from projectable.trainer import Trainer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Tiny sizes and few repeats (seconds; what the test runs).")
+flags.DEFINE_string("out", "benchmarks/results.json", "Where the results JSON goes.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """Model sizes, batches and sweep points of one benchmark run."""
+
+  source: dict  # d, heads, mlp_dim, depth of the source.
+  small: dict  # d, heads, mlp_dim of the small model (depth = the source's).
+  examples_per_task: int  # n at the default batch of 10 tasks x n.
+  repeats: int  # Timed calls per median.
+  matmul_n: int  # Side of the square float32 matmul that sets peak FLOP/s.
+  batch_sweep: tuple[int, ...]  # Images per task in the batch-size sweep.
+  seq_sweep: tuple[int, ...]  # Sequence lengths (synthetic tokens).
+  width_sweep: tuple[int, ...]  # Source widths d (heads fixed, mlp_dim = 4d).
+  proj_d_sweep: tuple[int, ...]  # Source widths for projection time.
+  proj_ds_sweep: tuple[int, ...]  # Small widths for projection time.
+  projectable_steps: int  # Projectable training steps before emitting.
+  specialist_cap: int  # Most specialists-mode steps tried to reach the projected bits/dim.
+  eval_every: int  # Specialists-mode steps between test evaluations.
+
+
+FULL = Sizes(
+  source=dict(d=256, heads=8, mlp_dim=1024, depth=6),
+  small=dict(d=64, heads=4, mlp_dim=256),
+  examples_per_task=8,
+  repeats=5,
+  matmul_n=2048,
+  batch_sweep=(2, 4, 8, 16),
+  seq_sweep=(32, 64, 196),
+  width_sweep=(128, 256, 384),
+  proj_d_sweep=(128, 256, 512),
+  proj_ds_sweep=(32, 64, 128),
+  projectable_steps=40,
+  specialist_cap=400,
+  eval_every=20,
+)
+QUICK = Sizes(
+  source=dict(d=64, heads=4, mlp_dim=256, depth=2),
+  small=dict(d=16, heads=2, mlp_dim=64),
+  examples_per_task=4,
+  repeats=3,
+  matmul_n=512,
+  batch_sweep=(2, 16),
+  seq_sweep=(16, 64),
+  width_sweep=(32, 128),
+  proj_d_sweep=(64, 256),
+  proj_ds_sweep=(16, 64),
+  projectable_steps=3,
+  specialist_cap=6,
+  eval_every=3,
+)
+
+
+def bench_config(sizes: Sizes, mode: str, **source):
+  """digits.py's config at the benchmark sizes on one device; ``source`` overrides the source."""
+  config = digits.get_config()
+  config.mode = mode
+  config.mesh = "data:1,model:1"
+  config.model.update(**{**sizes.source, **source})
+  config.small.update(**sizes.small, depth=config.model.depth)
+  config.train.examples_per_task = sizes.examples_per_task
+  config.train.num_steps = max(config.train.num_steps, sizes.specialist_cap)
+  return config
+
+
+def synthetic_data(seq_len: int) -> types.SimpleNamespace:
+  """The shapes a Method needs, for timing at sequence lengths that no dataset has."""
+  return types.SimpleNamespace(levels=17, seq_len=seq_len, num_classes=10, num_tasks=10)
+
+
+def synthetic_batch(config, data) -> dict[str, np.ndarray]:
+  m, n = config.train.batch_tasks, config.train.examples_per_task
+  rng = np.random.default_rng(0)
+  return {
+    "tokens": rng.integers(0, data.levels, (m, n, data.seq_len), dtype=np.int32),
+    "task_id": np.arange(m, dtype=np.int32),
+    "task": np.eye(data.num_classes, dtype=np.float32)[:m],
+  }
+
+
+@functools.cache
+def _trainer(config_json: str, seq_len: int) -> Trainer:
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  data = synthetic_data(seq_len)
+  return Trainer(config, modes.make_method(config, data), sharding.make_mesh(config.mesh))
+
+
+def make_trainer(config, data) -> Trainer:
+  """One trainer (and so one compiled step) per config and sequence length, reused across
+  benchmarks: digits and the synthetic stand-in have the same shapes at length 64."""
+  return _trainer(config.to_json(), data.seq_len)
+
+
+def step_seconds(trainer: Trainer, batch: dict, repeats: int) -> tuple[float, int]:
+  """Median train-step time from a fresh state, and how many times the step compiled."""
+  state = trainer.init_state(jax.random.key(0))
+  batch = trainer.place_batch(batch)
+
+  def step(_):
+    nonlocal state
+    state, metrics = trainer.train_step(state, batch)
+    return metrics
+
+  seconds = common.median_seconds(step, repeats)
+  return seconds, trainer.train_step._cache_size()
+
+
+def matmul_flops_per_s(n: int, repeats: int) -> float:
+  """FLOP/s of an n x n float32 matmul, jitted, on the default device."""
+  a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in range(2))
+  matmul = jax.jit(jnp.matmul)
+  return 2 * n**3 / common.median_seconds(lambda _: matmul(a, b), repeats)
+
+
+def mfu_and_overhead(sizes: Sizes, data) -> dict:
+  """mfu_source, projectable_overhead and step_compiles at the default digits batch."""
+  peak = matmul_flops_per_s(sizes.matmul_n, sizes.repeats)
+  seconds, compiles, step_flops = {}, {}, {}
+  for mode in ("source", "projectable"):
+    config = bench_config(sizes, mode)
+    trainer = make_trainer(config, data)
+    batcher = data_lib.TaskBatcher(
+      data, config.train.batch_tasks, config.train.examples_per_task, 0
+    )
+    seconds[mode], compiles[mode] = step_seconds(trainer, batcher.batch(0), sizes.repeats)
+    step_flops[mode] = flops.train_step_flops(config, trainer.method)
+  inputs = {"source": sizes.source, "small": sizes.small, "batch": [10, sizes.examples_per_task]}
+  achieved = step_flops["source"] / seconds["source"]
+  return {
+    "mfu_source": {
+      "value": achieved / peak,
+      "inputs": {**inputs, "matmul_n": sizes.matmul_n, "dataset": data.name},
+      "step_flops": step_flops["source"],
+      "step_seconds": seconds["source"],
+      "achieved_flops_per_s": achieved,
+      "matmul_flops_per_s": peak,
+    },
+    "projectable_overhead": {
+      "value": seconds["projectable"] / seconds["source"],
+      "inputs": inputs,
+      "step_seconds": seconds,
+      "step_flops": step_flops,
+    },
+    "step_compiles": {
+      "value": compiles["source"],
+      "inputs": {"mode": "source", "steps": sizes.repeats + 1},
+      "per_mode": compiles,
+    },
+  }
+
+
+def emission(sizes: Sizes, data) -> dict:
+  """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch."""
+  trainers, batches = {}, {}
+  for mode in ("projectable", "specialists"):
+    config = bench_config(sizes, mode)
+    trainers[mode] = make_trainer(config, data)
+    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+    batches[mode] = batcher.batch
+  state = trainers["projectable"].init_state(jax.random.key(0))
+  for step in range(sizes.projectable_steps):
+    batch = trainers["projectable"].place_batch(batches["projectable"](step))
+    state, _ = trainers["projectable"].train_step(state, batch)
+  params = state["params"]
+  target = trainers["projectable"].evaluate(params, data, data.test)["main"]["mean"]
+  emit = jax.jit(projector.project)
+  task_C = jnp.asarray(data.task_descriptors()[0])
+  emit_s = common.median_seconds(
+    lambda _: emit(params["source"], params["projector"], task_C), sizes.repeats
+  )
+
+  spec = trainers["specialists"]
+  step_s, _ = step_seconds(spec, batches["specialists"](0), sizes.repeats)
+  state, reached, steps, bits = spec.init_state(jax.random.key(0)), False, 0, math.inf
+  while steps < sizes.specialist_cap and not reached:
+    for _ in range(sizes.eval_every):
+      state, _ = spec.train_step(state, spec.place_batch(batches["specialists"](steps)))
+      steps += 1
+    bits = spec.evaluate(state["params"], data, data.test)["main"]["mean"]
+    reached = bits <= target
+  train_s = steps * step_s
+  return {
+    "emit_ms": {
+      "value": emit_s * 1e3,
+      "inputs": {"source": sizes.source, "small": sizes.small, "rank": 8, "jit": True},
+    },
+    "emit_vs_train": {
+      "value": train_s / emit_s,
+      "inputs": {
+        "projectable_steps": sizes.projectable_steps,
+        "specialist_cap": sizes.specialist_cap,
+        "eval_every": sizes.eval_every,
+        "method": "train seconds = specialists steps until test bits/dim <= the projected "
+        "specialist's (checked every eval_every steps, capped) x median specialists step time "
+        "(all 10 tasks' specialists trained together); a lower bound when not reached",
+      },
+      "projected_bits_per_dim": target,
+      "specialist_bits_per_dim": bits,
+      "reached": reached,
+      "specialist_steps": steps,
+      "specialist_step_seconds": step_s,
+      "train_seconds": train_s,
+    },
+  }
+
+
+def sample_speedup(sizes: Sizes, data) -> dict:
+  """Specialist/source KV-cached tokens/s at batch 1 and 64, over their forward FLOP ratio."""
+  config = bench_config(sizes, "projectable")
+  src, small = modes.source_config(config, data), modes.small_config(config, data, False)
+  task_C = data.task_descriptors()[0]
+  flop_ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
+  src_params = model.init_params(src, jax.random.key(0))
+  small_params = model.init_params(small, jax.random.key(1))
+  per_batch = {}
+  for batch in (1, 64):
+    src_s = common.sample_seconds(src, src_params, task_C, batch, sizes.repeats)
+    small_s = common.sample_seconds(small, small_params, None, batch, sizes.repeats)
+    per_batch[batch] = {
+      "source_tokens_per_s": batch * src.seq_len / src_s,
+      "specialist_tokens_per_s": batch * small.seq_len / small_s,
+      "speedup_over_flop_ratio": src_s / small_s / flop_ratio,
+    }
+  return {
+    "sample_speedup": {
+      "value": min(b["speedup_over_flop_ratio"] for b in per_batch.values()),
+      "inputs": {"source": sizes.source, "small": sizes.small, "batches": [1, 64]},
+      "flop_ratio": flop_ratio,
+      "per_batch": per_batch,
+    }
+  }
+
+
+def scaling(sizes: Sizes) -> dict:
+  """Source step time against batch, sequence length and width; projection against d and ds."""
+  results = {}
+  sweeps = {
+    "scaling_batch": [(n, {"n": n}) for n in sizes.batch_sweep],
+    "scaling_seq_len": [(l, {"seq_len": l}) for l in sizes.seq_sweep],
+    "scaling_width": [(d, {"d": d}) for d in sizes.width_sweep],
+  }
+  for key, points in sweeps.items():
+    xs, ys = [], []
+    for x, p in points:
+      width = {"d": p["d"], "mlp_dim": 4 * p["d"]} if "d" in p else {}
+      config = bench_config(sizes, "source", **width)
+      config.train.examples_per_task = p.get("n", sizes.examples_per_task)
+      data = synthetic_data(p.get("seq_len", 64))
+      seconds, _ = step_seconds(
+        make_trainer(config, data), synthetic_batch(config, data), sizes.repeats
+      )
+      xs.append(10 * config.train.examples_per_task if key == "scaling_batch" else x)
+      ys.append(seconds)
+    results[key] = {
+      "value": common.power_law_exponent(xs, ys),
+      "inputs": {
+        "mode": "source",
+        "x": xs,
+        "base": {**sizes.source, "batch": [10, sizes.examples_per_task], "seq_len": 64},
+        "data": "synthetic tokens",
+      },
+      "step_seconds": ys,
+    }
+  base_d, base_ds = sizes.source["d"], sizes.small["d"]
+  for key, sweep in (
+    ("projection_scaling_d", sizes.proj_d_sweep),
+    ("projection_scaling_ds", sizes.proj_ds_sweep),
+  ):
+    ys = [
+      projection_seconds(
+        sizes, d if key.endswith("_d") else base_d, base_ds if key.endswith("_d") else d
+      )
+      for d in sweep
+    ]
+    results[key] = {
+      "value": common.power_law_exponent(sweep, ys),
+      "inputs": {"x": list(sweep), "mlp_dim": "4 x width", "rank": 8},
+      "seconds": ys,
+    }
+  return results
+
+
+def projection_seconds(sizes: Sizes, d: int, ds: int) -> float:
+  """Median time of a jitted ``project`` from a source of width d to a small model of width ds."""
+  src = model.ModelConfig(17, 64, 10, d, sizes.source["heads"], 4 * d, sizes.source["depth"])
+  small = model.ModelConfig(17, 64, 0, ds, sizes.small["heads"], 4 * ds, sizes.source["depth"])
+  source = model.init_params(src, jax.random.key(0))
+  proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
+  emit = jax.jit(projector.project)
+  task_C = jnp.eye(10, dtype=jnp.float32)[0]
+  return common.median_seconds(lambda _: emit(source, proj, task_C), sizes.repeats)
+
+
+def run(quick: bool, out: str) -> dict:
+  """Runs every benchmark, prints a table, writes ``out``; returns the results."""
+  sizes = QUICK if quick else FULL
+  data = data_lib.load(digits.get_config().data)
+  mesh = sharding.make_mesh("data:1,model:1")
+  with jax.set_mesh(mesh):
+    results = {
+      **mfu_and_overhead(sizes, data),
+      **emission(sizes, data),
+      **sample_speedup(sizes, data),
+      **scaling(sizes),
+    }
+  device = jax.devices()[0]
+  meta = {
+    "quick": quick,
+    "device": f"{device.platform} {device.device_kind}",
+    "cpus": os.cpu_count(),
+  }
+  print(f"{meta['device']}, quick={quick}, medians of {sizes.repeats}")
+  for key, entry in results.items():
+    print(f"{key:<24} {entry['value']:>12.4g}")
+  with open(out, "w") as f:
+    json.dump({"meta": meta, **results}, f, indent=2, default=str)
+  return results
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  run(FLAGS.quick, FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,33 @@
+"""benchmarks/run.py --quick in-process: every issue #7 figure is there, finite and positive."""
+
+import json
+import math
+
+from benchmarks import run
+
+KEYS = (
+  "mfu_source",
+  "projectable_overhead",
+  "emit_ms",
+  "emit_vs_train",
+  "sample_speedup",
+  "scaling_batch",
+  "scaling_seq_len",
+  "scaling_width",
+  "projection_scaling_d",
+  "projection_scaling_ds",
+  "step_compiles",
+)
+
+
+def test_quick_benchmarks_produce_every_figure(tmp_path):
+  out = tmp_path / "results.json"
+  run.run(quick=True, out=str(out))
+  results = json.loads(out.read_text())
+  assert results["meta"]["quick"] is True
+  for key in KEYS:
+    value = results[key]["value"]
+    assert math.isfinite(value) and value > 0, (key, value)
+    assert results[key]["inputs"], key
+  assert results["step_compiles"]["value"] == 1
+  assert set(results["step_compiles"]["per_mode"].values()) == {1}
