@@ -17,6 +17,7 @@ import jax
 import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 from projectable import (
   artifacts,
@@ -180,6 +181,9 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
   }
   for name, bpd in best["extra_test_bits_per_dim"].items():
     metrics[f"{name}_bits_per_dim"] = bpd
+  # Every process gathers the weights to its host, so that process 0 alone can write the
+  # artifacts without waiting on collectives the other processes never join.
+  params = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:

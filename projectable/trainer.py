@@ -67,14 +67,19 @@ class Trainer:
       "params": self.param_shardings,
       "opt_state": opt_shardings,
     }
-    self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
+    # Restores target these: arrays come back sharded over this mesh, whatever mesh saved them.
+    self.abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(self._init_state, jax.random.key(0)),
+      self.state_shardings,
+    )
     data_axis = rules.get("batch")
     self.batch_shardings = {
       "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
       "task_id": replicated,
       "task": replicated,
     }
-    eval_shardings = {
+    self.eval_shardings = eval_shardings = {
       "tokens": NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
       "mask": NamedSharding(mesh, PartitionSpec(None, data_axis)),
     }
@@ -131,11 +136,17 @@ class Trainer:
     self, params: dict, data: data_lib.TaskData, split: data_lib.Split
   ) -> dict[str, dict[str, float]]:
     """Bits/dim per task of every scored model ('main', and 'source' in projectable mode)."""
-    task_ids = jnp.arange(data.num_tasks, dtype=jnp.int32)
-    tasks = jnp.asarray(data.task_descriptors())
+    # numpy, replicated: valid jit inputs also when the mesh spans several processes.
+    task_ids = np.arange(data.num_tasks, dtype=np.int32)
+    tasks = np.asarray(data.task_descriptors())
     totals: dict[str, np.ndarray] = {}
     count = np.zeros(data.num_tasks)
     for chunk in data_lib.eval_arrays(data, split, self.config.train.eval_chunk):
+      # Every process holds the whole chunk; each places the parts its devices own.
+      chunk = {
+        k: jax.make_array_from_callback(v.shape, self.eval_shardings[k], lambda i, v=v: v[i])
+        for k, v in chunk.items()
+      }
       sums = self._eval(params, chunk, task_ids, tasks)
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
