@@ -77,6 +77,17 @@ def _bits_per_dim(cfg: ModelConfig, params: dict, tokens_BxL: jax.Array) -> jax.
   return nll_BxL.mean(-1) / math.log(2.0)
 
 
+def _local_checkpointer() -> ocp.StandardCheckpointer:
+  """A checkpointer of this process alone: specialists are small host arrays, written and read
+  by one process even inside a multi-process job (no cross-process barriers)."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}
+    )
+  )
+
+
 def save_specialist(
   directory: str, cfg: ModelConfig, params: dict, meta: dict, overwrite: bool = False
 ) -> None:
@@ -109,7 +120,7 @@ def save_specialist(
     if os.path.exists(os.path.join(directory, CONFIG_FILE)):
       os.remove(os.path.join(directory, CONFIG_FILE))
   os.makedirs(directory, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _local_checkpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, PARAMS_DIR), jax.device_get(params))
     checkpointer.wait_until_finished()
   tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
@@ -141,7 +152,7 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
     )
   cfg = _model_config(config.get("model"), config_path)
   expected = _abstract_params(cfg)
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _local_checkpointer() as checkpointer:
     stored = checkpointer.metadata(params_path).item_metadata
     if stored is None:
       raise ValueError(f"{params_path} is not a complete Orbax checkpoint")
