@@ -65,18 +65,22 @@ def save_bar_chart(series: dict[str, dict[str, float]], path: str, title: str, y
   tasks = list(dict.fromkeys(task for values in series.values() for task in values))
   if not tasks:
     raise ValueError("no values to plot")
-  fig = Figure(figsize=(max(6.0, 0.6 * len(tasks) * max(len(series), 1)), 4.0))
+  fig = Figure(figsize=(min(16.0, max(6.0, 0.25 * len(tasks) * len(series) + 3.0)), 4.5))
   ax = fig.add_subplot()
   width = 0.8 / len(series)
   for s, (name, values) in enumerate(series.items()):
     xs = [t + (s - (len(series) - 1) / 2) * width for t, task in enumerate(tasks) if task in values]
     ax.bar(xs, [values[task] for task in tasks if task in values], width, label=name)
   ax.set_xticks(range(len(tasks)), tasks)
+  # Bits/dim of competing models differ by a few percent: start the axis near the smallest bar.
+  low = min(v for values in series.values() for v in values.values())
+  high = max(v for values in series.values() for v in values.values())
+  ax.set_ylim(max(0.0, low - 0.15 * (high - low) - 1e-3), high + 0.05 * (high - low) + 1e-3)
   ax.set_xlabel("task")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(axis="y", alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize="small", ncol=min(len(series), 3))
   fig.tight_layout()
   _make_parent(path)
   fig.savefig(path, dpi=100)
