@@ -30,8 +30,12 @@ from projectable import flops, model, modes, projector, sharding
 from projectable.trainer import Trainer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny sizes and few repeats (seconds; what the test runs).")
-flags.DEFINE_string("out", "benchmarks/results.json", "Where the results JSON goes.")
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a script (tests import this module)."""
+  flags.DEFINE_bool("quick", False, "Tiny sizes and few repeats (seconds; what the test runs).")
+  flags.DEFINE_string("out", "benchmarks/results.json", "Where the results JSON goes.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,4 +362,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
