@@ -40,7 +40,7 @@ def exported(workdir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_tokens_3(workdir):
+def digit3_test_tokens(workdir):
   """The digits test images of task '3' as tokens."""
   split = data.load(export.read_config(workdir).data).test
   return split.tokens[split.labels == 3]
@@ -61,7 +61,7 @@ def run_launcher(name: str, argv: list[str]) -> None:
       delattr(flags.FLAGS, flag)
 
 
-def test_export_round_trip_matches_training(exported, metrics, test_tokens_3):
+def test_export_round_trip_matches_training(exported, metrics, digit3_test_tokens):
   out, summary = exported
   per_task = metrics["bits_per_dim"]["per_task"]
   assert summary["tasks"] == list(per_task) and summary["step"] == metrics["step"]
@@ -81,7 +81,7 @@ def test_export_round_trip_matches_training(exported, metrics, test_tokens_3):
     "mode": "projectable",
   }
   assert {k: meta[k] for k in expected} == expected
-  measured = float(specialist.bits_per_dim(test_tokens_3).mean())
+  measured = float(specialist.bits_per_dim(digit3_test_tokens).mean())
   assert abs(measured - per_task["3"]) < 1e-5
 
 
@@ -134,7 +134,7 @@ def test_clear_errors(workdir, tmp_path, case, match):
     export.export(bad, str(tmp_path / "out"), step=step)
 
 
-def test_tflite_logits_match_jax(workdir, tmp_path, test_tokens_3):
+def test_tflite_logits_match_jax(workdir, tmp_path, digit3_test_tokens):
   out = tmp_path / "tflite"
   os.makedirs(out / "3")
   (out / "3" / "notes.txt").write_text("kept")  # Overwriting keeps unrelated files.
@@ -147,7 +147,7 @@ def test_tflite_logits_match_jax(workdir, tmp_path, test_tokens_3):
     "saved_model",
   ]
   specialist, _ = load_specialist(str(out / "3"))
-  tokens = test_tokens_3[:8]
+  tokens = digit3_test_tokens[:8]
   litert = tflite.litert_logits(str(out / "3" / tflite.TFLITE_FILE), tokens)
   np.testing.assert_allclose(litert, np.asarray(specialist.logits(tokens)), atol=1e-4, rtol=0)
 
