@@ -19,7 +19,7 @@ def digits(tmp_path_factory) -> data_lib.TaskData:
   return data_lib.load(cfg)
 
 
-def _same(a: dict, b: dict) -> None:
+def assert_same_batch(a: dict, b: dict) -> None:
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
@@ -37,7 +37,7 @@ def test_batches_are_grouped_by_task_and_read_from_the_source(digits):
   np.testing.assert_array_equal(batch["tokens"], digits.train.tokens[positions])
   for m, classes in enumerate(digits.task_classes):
     assert set(digits.train.labels[positions[m]]) <= set(classes)
-  _same(make(3), batch)
+  assert_same_batch(make(3), batch)
   assert not np.array_equal(make(4)["tokens"], batch["tokens"])
 
 
@@ -94,11 +94,11 @@ def test_iterator_resumes_from_its_state(digits):
   again = pipeline.train_iterator(digits, 3, 4, seed=2, process_index=0, process_count=1)
   again.set_state(state)
   for a, b in zip(expected, [next(again) for _ in range(3)], strict=True):
-    _same(a, b)
+    assert_same_batch(a, b)
   unthreaded = pipeline.train_iterator(digits, 3, 4, seed=2, num_threads=0)
   for _ in range(5):
     next(unthreaded)
-  _same(next(unthreaded), expected[0])
+  assert_same_batch(next(unthreaded), expected[0])
 
 
 def test_iterator_state_saves_and_restores_with_orbax(digits, tmp_path):
@@ -126,7 +126,7 @@ def test_iterator_state_saves_and_restores_with_orbax(digits, tmp_path):
     )
     assert int(restored.state["step"]) == 7 and fresh.get_state() == {"next_index": 7}
     for a, b in zip(expected, [next(fresh) for _ in range(2)], strict=True):
-      _same(a, b)
+      assert_same_batch(a, b)
   finally:
     ckpts.close()
 
