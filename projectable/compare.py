@@ -32,7 +32,7 @@ TRAINED = ("source", "projectable", "universal", "specialists")
 METHODS = (*TRAINED, "weight_selection", "weight_selection_ft")
 
 
-def _scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
+def scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
   """``config`` with ``num_steps`` and its periods scaled alike."""
   config = config.copy_and_resolve_references()
   ratio = num_steps / config.train.num_steps
@@ -44,6 +44,27 @@ def _scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections
   return config
 
 
+def mode_config(
+  base: ml_collections.ConfigDict, method: str, source_workdir: str
+) -> ml_collections.ConfigDict:
+  """``base`` training ``method`` (weight_selection_ft: specialists from ``source_workdir``)."""
+  config = base.copy_and_resolve_references()
+  config.mode = "specialists" if method == "weight_selection_ft" else method
+  if method == "weight_selection_ft":
+    config.init.source_workdir = source_workdir
+  return config
+
+
+def step_flops(config: ml_collections.ConfigDict, data: data_lib.TaskData) -> float:
+  """Training FLOPs of one step of ``config.mode``."""
+  return flops.train_step_flops(config, make_method(config, data))
+
+
+def reference_flops(base: ml_collections.ConfigDict, data: data_lib.TaskData) -> float:
+  """The matched-FLOPs budget: ``base.train.num_steps`` steps of projectable."""
+  return base.train.num_steps * step_flops(mode_config(base, "projectable", ""), data)
+
+
 def method_config(
   base: ml_collections.ConfigDict,
   method: str,
@@ -52,17 +73,11 @@ def method_config(
   source_workdir: str,
 ) -> ml_collections.ConfigDict:
   """The training config of one method under the matched budget."""
-  config = base.copy_and_resolve_references()
-  config.mode = "specialists" if method == "weight_selection_ft" else method
-  if method == "weight_selection_ft":
-    config.init.source_workdir = source_workdir
+  config = mode_config(base, method, source_workdir)
   if budget == "steps" or method == "projectable":
     return config
-  reference = base.copy_and_resolve_references()
-  reference.mode = "projectable"
-  total = base.train.num_steps * flops.train_step_flops(reference, make_method(reference, data))
-  steps = max(1, round(total / flops.train_step_flops(config, make_method(config, data))))
-  return _scaled(config, steps)
+  steps = max(1, round(reference_flops(base, data) / step_flops(config, data)))
+  return scaled(config, steps)
 
 
 def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -1,0 +1,63 @@
+r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
+
+  python launch/frontier.py --config=configs/digits.py --workdir=DIR
+  python launch/frontier.py --config=configs/digits.py --workdir=DIR \
+      --budgets=1/8,1/4,1/2,1,2 --seeds=0 --top_seeds=0,1,2
+
+Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
+steps; see projectable/frontier.py for the steps each method gets and how
+weight_selection_ft pays for its source. Writes DIR/frontier.{json,md,png}; each
+point has its own sub-workdir, and rerunning resumes unfinished points and reuses
+finished ones.
+"""
+
+import fractions
+import shlex
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from projectable import frontier, log_filters
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per point.")
+flags.DEFINE_list(
+  "budgets",
+  ["1/16", "1/8", "1/4", "1/2", "1"],
+  "Training budgets as multiples (e.g. 0.25 or 1/4) of the FLOPs of train.num_steps "
+  "projectable steps.",
+)
+flags.DEFINE_list("seeds", ["0"], "Seeds at every budget but the largest.")
+flags.DEFINE_list("top_seeds", ["0", "1", "2"], "Seeds at the largest budget.")
+flags.DEFINE_list("methods", list(frontier.METHODS), "Methods to run.")
+flags.DEFINE_float(
+  "source_share", 0.5, "Share of weight_selection_ft's budget spent training its source."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  log_filters.quiet_library_logs()
+  try:
+    budgets = [float(fractions.Fraction(b)) for b in FLAGS.budgets]
+  except ValueError as e:
+    raise app.UsageError(f"--budgets={','.join(FLAGS.budgets)}: {e}") from None
+  result = frontier.frontier(
+    FLAGS.config,
+    FLAGS.workdir,
+    budgets,
+    seeds=[int(s) for s in FLAGS.seeds],
+    top_seeds=[int(s) for s in FLAGS.top_seeds],
+    methods=tuple(FLAGS.methods),
+    source_share=FLAGS.source_share,
+    command=shlex.join(["python", *sys.argv]),
+  )
+  print(frontier.markdown(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,255 @@
+"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
+
+Budgets are multiples of the reference budget, the training FLOPs of
+``train.num_steps`` projectable steps (``compare.reference_flops``; multiple 1 is
+``compare --budget=flops``). The default ladder 1/16, 1/8, 1/4, 1/2, 1 spans 16x.
+At budget B a method runs ``round(B / its per-step FLOPs)`` steps, its eval,
+checkpoint and warmup periods scaled alike (``compare.scaled``), so its training
+FLOPs are within half a step of B. A budget below one step of a method is an
+error, raised for every point before any training starts.
+
+``weight_selection_ft`` pays for its source out of its own budget: at budget B
+it starts from the ``source`` point at budget ``source_share * B`` (same seed;
+with the default halving ladder and share 1/2 that is the source point one rung
+down, trained once and reused) and fine-tunes specialists from that source's
+weight selection with the remaining ``(1 - source_share) * B``. Its
+``train_flops`` is the sum, so every point's x position is all the compute
+behind it; ``source_flops`` is reported apart, for the amortised view where one
+source serves many task sets (fine-tuning alone = train_flops - source_flops).
+Its ``wall_s`` likewise adds the source's.
+
+Budgets get ``seeds``, the largest ``top_seeds``. Each point lives in
+``DIR/<method>_b<multiple>_seed<s>/`` and resumes, or is reused when finished
+(``compare.run_method``). Writes DIR/frontier.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
+
+from projectable import compare
+from projectable import data as data_lib
+
+METHODS = ("projectable", "universal", "specialists", "source", "weight_selection_ft")
+DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One training run of the frontier."""
+
+  method: str
+  budget: float  # Multiple of the reference budget.
+  budget_flops: float
+  seed: int
+  config: ml_collections.ConfigDict
+  workdir: str
+  source: Point | None = None  # weight_selection_ft: the source point it starts from.
+
+
+def _point(
+  base: ml_collections.ConfigDict,
+  data: data_lib.TaskData,
+  reference: float,
+  workdir: str,
+  method: str,
+  budget: float,
+  seed: int,
+  source_share: float,
+) -> Point:
+  """The run of ``method`` at ``budget``; raises if the budget buys less than one step."""
+  seeded = base.copy_and_resolve_references()
+  seeded.seed = seed
+  source, share = None, 1.0
+  if method == "weight_selection_ft":
+    try:
+      source = _point(base, data, reference, workdir, "source", budget * source_share, seed, 0)
+    except ValueError as e:
+      raise ValueError(
+        f"weight_selection_ft at budget {budget:g} spends {source_share:g} of it on its source: {e}"
+      ) from None
+    share = 1 - source_share
+  config = compare.mode_config(seeded, method, source.workdir if source else "")
+  per_step = compare.step_flops(config, data)
+  available = share * budget * reference
+  if available < per_step:
+    what = f"budget {budget:g} x reference = {budget * reference:.4g} FLOPs"
+    if source:
+      what = f"the fine-tuning share {share:g} of {what} ({available:.4g} FLOPs)"
+    raise ValueError(
+      f"{what} buys less than one training step of {method} ({per_step:.4g} FLOPs per "
+      f"step); the reference is {base.train.num_steps} projectable steps = {reference:.4g} FLOPs"
+    )
+  return Point(
+    method,
+    budget,
+    budget * reference,
+    seed,
+    compare.scaled(config, round(available / per_step)),
+    os.path.join(workdir, f"{method}_b{budget:g}_seed{seed}"),
+    source,
+  )
+
+
+def plan(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  budgets: Sequence[float],
+  seeds: Sequence[int],
+  top_seeds: Sequence[int],
+  methods: Sequence[str],
+  source_share: float,
+) -> tuple[float, list[Point]]:
+  """(reference FLOPs, every point cheapest budget first); validates all before any training."""
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
+  if not budgets or min(budgets) <= 0:
+    raise ValueError(f"budgets must be positive multiples of the reference, got {budgets}")
+  if not 0 < source_share < 1:
+    raise ValueError(f"source_share must lie strictly between 0 and 1, got {source_share}")
+  data = data_lib.load(config.data)
+  reference = compare.reference_flops(config, data)
+  ladder = sorted(set(budgets))
+  return reference, [
+    _point(config, data, reference, workdir, method, budget, seed, source_share)
+    for budget in ladder
+    for seed in (top_seeds if budget == ladder[-1] else seeds)
+    for method in methods
+  ]
+
+
+def _record(point: Point, metrics: dict, source: dict | None) -> dict:
+  """The frontier.json entry of a finished point."""
+  record = {
+    "method": point.method,
+    "budget": point.budget,
+    "budget_flops": point.budget_flops,
+    "train_flops": metrics["train_flops"],
+    "steps": metrics["final_step"]["step"],
+    "seed": point.seed,
+    "bits_per_dim": {k: metrics["bits_per_dim"][k] for k in ("mean", "per_task")},
+    "wall_s": metrics["wall_s"],
+  }
+  if source is not None:
+    record["train_flops"] += source["train_flops"]
+    record["wall_s"] += source["wall_s"]
+    record["source_flops"] = source["train_flops"]
+    record["source_steps"] = source["final_step"]["step"]
+    record["source_workdir"] = os.path.basename(point.source.workdir)
+  return record
+
+
+def frontier(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  budgets: Sequence[float] = DEFAULT_BUDGETS,
+  seeds: Sequence[int] = (0,),
+  top_seeds: Sequence[int] = (0, 1, 2),
+  methods: Sequence[str] = METHODS,
+  source_share: float = 0.5,
+  command: str = "",
+) -> dict:
+  """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json."""
+  reference, points = plan(config, workdir, budgets, seeds, top_seeds, methods, source_share)
+  records = []
+  for point in points:
+    source = None
+    if point.source is not None:
+      source = compare.run_method(point.source.config, point.source.workdir)
+    metrics = compare.run_method(point.config, point.workdir)
+    records.append(_record(point, metrics, source))
+  result = {
+    "dataset": config.data.name,
+    "command": command,
+    "reference_flops": reference,
+    "reference_steps": config.train.num_steps,
+    "source_share": source_share,
+    "points": records,
+  }
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "frontier.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(workdir, "frontier.md"), "w") as f:
+    f.write(markdown(result))
+  plot(result, os.path.join(workdir, "frontier.png"))
+  return result
+
+
+def _grouped(points: list[dict]) -> dict[str, dict[float, list[dict]]]:
+  """{method: {budget: [point per seed]}}, methods and budgets in first-seen order."""
+  groups: dict[str, dict[float, list[dict]]] = {}
+  for p in points:
+    groups.setdefault(p["method"], {}).setdefault(p["budget"], []).append(p)
+  return groups
+
+
+def _bits_cell(runs: list[dict]) -> str:
+  """Mean test bits/dim over seeds, with the std and seed count when there are several."""
+  values = [r["bits_per_dim"]["mean"] for r in runs]
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values):.4f} ({len(values)} seeds)"
+
+
+def _steps_cell(runs: list[dict]) -> str:
+  """Steps (the same for every seed); weight_selection_ft as source + fine-tuning steps."""
+  run = runs[0]
+  return f"{run['source_steps']} + {run['steps']}" if "source_steps" in run else str(run["steps"])
+
+
+def markdown(result: dict) -> str:
+  """Tables a person reads: test bits/dim and steps, rows methods, columns budgets."""
+  groups = _grouped(result["points"])
+  budgets = sorted({p["budget"]: p["budget_flops"] for p in result["points"]}.items())
+  header = "| method | " + " | ".join(f"{b:g}x ({f:.3g} FLOPs)" for b, f in budgets) + " |"
+  rule = "|---" * (len(budgets) + 1) + "|"
+  lines = [
+    f"# {result['dataset']}: test bits/dim against training FLOPs",
+    "",
+    f"Budgets are multiples of {result['reference_steps']} projectable steps "
+    f"({result['reference_flops']:.4g} FLOPs). weight_selection_ft spends "
+    f"{result['source_share']:g} of each budget on its source and the rest on fine-tuning.",
+  ]
+  if result["command"]:
+    lines += ["", "```", result["command"], "```"]
+  for title, cell in (
+    ("Test bits/dim (mean ± std over seeds)", _bits_cell),
+    ("Steps (weight_selection_ft: source + fine-tuning)", _steps_cell),
+  ):
+    lines += ["", f"## {title}", "", header, rule]
+    for method, by_budget in groups.items():
+      cells = [cell(by_budget[b]) if b in by_budget else "" for b, _ in budgets]
+      lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+  """Test bits/dim against training FLOPs (log x), one line per method, seed std as bars."""
+  fig = Figure(figsize=(7.0, 4.5))
+  ax = fig.add_subplot()
+  for method, by_budget in _grouped(result["points"]).items():
+    runs = [by_budget[b] for b in sorted(by_budget)]
+    ax.errorbar(
+      [np.mean([r["train_flops"] for r in rs]) for rs in runs],
+      [np.mean([r["bits_per_dim"]["mean"] for r in rs]) for rs in runs],
+      yerr=[np.std([r["bits_per_dim"]["mean"] for r in rs]) for rs in runs],
+      marker="o",
+      capsize=3,
+      label=method,
+    )
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs")
+  ax.set_ylabel("test bits/dim")
+  ax.set_title(f"{result['dataset']}: test bits/dim against training FLOPs")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)

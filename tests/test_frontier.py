@@ -1,0 +1,133 @@
+"""The frontier command end to end on the tiny variant, and its budget checks."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from projectable import compare, frontier
+from projectable import data as data_lib
+
+
+def _no_training(config, workdir):
+  raise AssertionError(f"trained {workdir}")
+
+
+class _FakeTraining:
+  """Stands in for ``train.train_and_evaluate``: writes the metrics a finished run leaves."""
+
+  def __init__(self, config):
+    self.data = data_lib.load(config.data)
+    self.trained = []
+
+  def __call__(self, config, workdir):
+    if config.init.source_workdir:  # Fine-tuning starts from a finished source.
+      assert os.path.exists(os.path.join(config.init.source_workdir, "eval", "metrics.json"))
+    steps = config.train.num_steps
+    metrics = {
+      "bits_per_dim": {"mean": 2.0 / steps, "per_task": {str(t): 2.0 / steps for t in range(10)}},
+      "final_step": {"step": steps},
+      "train_flops": steps * compare.step_flops(config, self.data),
+    }
+    os.makedirs(os.path.join(workdir, "eval"))
+    with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+      json.dump(metrics, f)
+    self.trained.append(os.path.basename(workdir))
+    return metrics
+
+
+def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_path, monkeypatch):
+  """Every method at every budget, with a stand-in for training (real runs: the next test)."""
+  fake = _FakeTraining(tiny_config)
+  monkeypatch.setattr(compare.train, "train_and_evaluate", fake)
+  workdir, budgets = str(tmp_path), (0.25, 0.5, 1.0)
+  result = frontier.frontier(
+    tiny_config, workdir, budgets, seeds=[0], top_seeds=[0, 1], command="python launch/frontier.py"
+  )
+  with open(os.path.join(workdir, "frontier.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == result
+  seeds = {(p["method"], p["budget"], p["seed"]) for p in on_disk["points"]}
+  assert seeds == {(m, b, 0) for m in frontier.METHODS for b in budgets} | {
+    (m, 1.0, 1) for m in frontier.METHODS
+  }
+  points = {(p["method"], p["budget"]): p for p in on_disk["points"] if p["seed"] == 0}
+  one_step = on_disk["reference_flops"] / tiny_config.train.num_steps  # The costliest step here.
+  for (method, budget), p in points.items():
+    assert abs(p["train_flops"] - p["budget_flops"]) <= one_step, (method, budget)
+  for method in frontier.METHODS:
+    steps = [points[(method, b)]["steps"] for b in budgets]
+    assert steps == sorted(set(steps)), (method, steps)
+  # weight_selection_ft at budget 1 starts from the source point at budget 1/2 and pays for it;
+  # that source was trained once, and the one at 1/8 only for weight_selection_ft.
+  ft = points[("weight_selection_ft", 1.0)]
+  assert ft["source_workdir"] == "source_b0.5_seed0"
+  assert ft["source_flops"] == points[("source", 0.5)]["train_flops"]
+  assert fake.trained.count("source_b0.5_seed0") == 1 and "source_b0.125_seed0" in fake.trained
+  with open(os.path.join(workdir, "frontier.md")) as f:
+    table = f.read()
+  assert all(f"| {m} |" in table for m in frontier.METHODS)
+  assert "(2 seeds)" in table and "python launch/frontier.py" in table
+  with Image.open(os.path.join(workdir, "frontier.png")) as image:
+    assert image.format == "PNG"
+
+  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  again = frontier.frontier(
+    tiny_config, workdir, budgets, [0], [0, 1], command="python launch/frontier.py"
+  )
+  assert again == result
+
+
+def test_frontier_trains_weight_selection_ft_from_its_source(tiny_config, tmp_path):
+  """Real training: the source at half the budget, then fine-tuning from its selection."""
+  result = frontier.frontier(
+    tiny_config, str(tmp_path), (1.0,), [0], [0], methods=("weight_selection_ft",)
+  )
+  (point,) = result["points"]
+  assert 0 < point["bits_per_dim"]["mean"] < 10 and len(point["bits_per_dim"]["per_task"]) == 10
+  assert 0 < point["source_flops"] < point["train_flops"]
+  one_step = result["reference_flops"] / tiny_config.train.num_steps
+  assert abs(point["train_flops"] - point["budget_flops"]) <= one_step
+  assert point["wall_s"] > 0
+  assert {"frontier.json", "frontier.md", "frontier.png"} <= set(os.listdir(tmp_path))
+
+
+def test_budget_below_one_step_raises_before_any_training(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  with pytest.raises(ValueError, match=r"budget 0\.01 x reference = .* FLOPs per step"):
+    frontier.frontier(tiny_config, str(tmp_path), (1.0, 0.01), seeds=[0], top_seeds=[0])
+  # The source half of weight_selection_ft's budget is checked on its own.
+  with pytest.raises(ValueError, match=r"weight_selection_ft at budget 0\.2 .* step of source"):
+    frontier.frontier(
+      tiny_config, str(tmp_path), (0.2,), [0], [0], methods=("weight_selection_ft",)
+    )
+  assert os.listdir(tmp_path) == []
+
+
+def test_markdown_shows_seed_spread_and_source_steps():
+  point = {"budget": 1.0, "budget_flops": 1e9, "train_flops": 1e9, "seed": 0, "wall_s": 1.0}
+  points = [
+    {**point, "method": "universal", "steps": 8, "bits_per_dim": {"mean": 2.0, "per_task": {}}},
+    {**point, "method": "universal", "steps": 8, "bits_per_dim": {"mean": 2.2, "per_task": {}}},
+    {
+      **point,
+      "method": "weight_selection_ft",
+      "steps": 5,
+      "source_steps": 3,
+      "bits_per_dim": {"mean": 1.5, "per_task": {}},
+    },
+  ]
+  result = {
+    "dataset": "digits",
+    "command": "python launch/frontier.py --config=configs/digits.py --workdir=/tmp/f",
+    "reference_flops": 1e9,
+    "reference_steps": 6,
+    "source_share": 0.5,
+    "points": points,
+  }
+  table = frontier.markdown(result)
+  assert "| universal | 2.1000 ± 0.1000 (2 seeds) |" in table
+  assert "| weight_selection_ft | 1.5000 |" in table
+  assert "| weight_selection_ft | 3 + 5 |" in table
+  assert result["command"] in table
