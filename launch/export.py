@@ -3,10 +3,14 @@ r"""Exports specialists from a training workdir in one shot.
   python launch/export.py --workdir=/tmp/digits --out=/tmp/specialists
   python launch/export.py --workdir=/tmp/digits --tasks=0,3 --out=/tmp/s --step=200 \
       --format=tflite --overwrite
+  python launch/export.py --workdir=/tmp/digits --tasks='3;pair38:3,8;round:0,6,8' --out=/tmp/s
 
-Writes ``OUT/<task>/`` (a specialist: Orbax weights + config.json with its test
-bits/dim measured at export; with --format=tflite also model.tflite and
-saved_model/) from the best-on-validation weights, or from --step's checkpoint.
+Writes ``OUT/<task>/`` (a specialist: Orbax weights + config.json with its
+classes and its test bits/dim measured at export; with --format=tflite also
+model.tflite and saved_model/) from the best-on-validation weights, or from
+--step's checkpoint. --tasks takes ';'-separated items: training tasks ('all',
+or comma-separated names or indices) and, from a projectable run, class sets
+'name:class,class,...' (as in config.data.tasks) that need not be training tasks.
 """
 
 from absl import app, flags
@@ -15,7 +19,12 @@ from projectable import export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) training run.")
-flags.DEFINE_string("tasks", "all", "'all', or comma-separated task names or indices.")
+flags.DEFINE_string(
+  "tasks",
+  "all",
+  "';'-separated: 'all', comma-separated task names or indices, or a class set "
+  "'name:class,class,...' that need not be a training task (projectable runs).",
+)
 flags.DEFINE_string("out", None, "Directory that receives one subdirectory per task.")
 flags.DEFINE_integer("step", None, "Export the train state saved at this step (default: best).")
 flags.DEFINE_bool("overwrite", False, "Replace specialists already in OUT/<task>/.")

@@ -168,9 +168,11 @@ def _slug(name: str) -> str:
 
 
 def parse_tasks(
-  spec: str | Mapping[str, Sequence[int | str]], class_names: Sequence[str]
+  spec: str | Mapping[str, Sequence[int | str]],
+  class_names: Sequence[str],
+  field: str = "config.data.tasks",
 ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
-  """Task names and class sets from ``config.data.tasks``.
+  """Task names and class sets from ``config.data.tasks`` (``field`` names it in errors).
 
   ``''``: one task per class, named after it (lower case, runs of other
   characters as '_'). Otherwise ``'name:class,class,...;name:...'`` (or a dict
@@ -187,7 +189,7 @@ def parse_tasks(
     for part in filter(None, (p.strip() for p in spec.split(";"))):
       name, sep, members = part.partition(":")
       if not sep:
-        raise ValueError(f"config.data.tasks: {part!r} is not of the form 'name:class,class,...'")
+        raise ValueError(f"{field}: {part!r} is not of the form 'name:class,class,...'")
       items.append((name.strip(), [m.strip() for m in members.split(",") if m.strip()]))
   else:
     items = [(str(name), list(members)) for name, members in spec.items()]
@@ -195,32 +197,48 @@ def parse_tasks(
   for name, members in items:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in names:
       raise ValueError(
-        f"config.data.tasks: task name {name!r} is empty, repeated or not "
+        f"{field}: task name {name!r} is empty, repeated or not "
         "made of letters, digits, '_', '.', '-' (it names files)"
       )
     if not members:
-      raise ValueError(f"config.data.tasks: task {name!r} is empty; give it at least one class")
+      raise ValueError(f"{field}: task {name!r} is empty; give it at least one class")
     names.append(name)
-    classes.append(tuple(sorted({_class_index(m, class_names, name) for m in members})))
+    classes.append(parse_classes(members, class_names, field, name))
   return tuple(names), tuple(classes)
 
 
-def _class_index(member: int | str, class_names: Sequence[str], task: str) -> int:
-  if isinstance(member, (int, np.integer)) or str(member).lstrip("-").isdigit():
-    c = int(member)
-  elif member in class_names:
-    c = list(class_names).index(member)
-  else:
-    raise ValueError(
-      f"config.data.tasks: class {member!r} of task {task!r} is neither an "
-      f"index nor one of the class names {tuple(class_names)}"
-    )
-  if not 0 <= c < len(class_names):
-    raise ValueError(
-      f"config.data.tasks: class {c} of task {task!r} is outside the dataset's "
-      f"classes 0..{len(class_names) - 1}"
-    )
-  return c
+def parse_classes(
+  members: str | Sequence[int | str],
+  class_names: Sequence[str],
+  field: str,
+  task: str | None = None,
+) -> tuple[int, ...]:
+  """Sorted distinct class indices of ``members`` ('3,8' or a list; indices or class names).
+
+  Errors name ``field`` (and ``task``), the bad value and the valid classes.
+  """
+  if isinstance(members, str):
+    members = [m.strip() for m in members.split(",") if m.strip()]
+  if not members:
+    raise ValueError(f"{field}: no class given; give class indices or names")
+  owner = f" of task {task!r}" if task else ""
+  indices = set()
+  for member in members:
+    if isinstance(member, (int, np.integer)) or str(member).lstrip("-").isdigit():
+      c = int(member)
+    elif member in class_names:
+      c = list(class_names).index(member)
+    else:
+      raise ValueError(
+        f"{field}: class {member!r}{owner} is neither an index nor one of the "
+        f"class names {tuple(class_names)}"
+      )
+    if not 0 <= c < len(class_names):
+      raise ValueError(
+        f"{field}: class {c}{owner} is outside the dataset's classes 0..{len(class_names) - 1}"
+      )
+    indices.add(c)
+  return tuple(sorted(indices))
 
 
 def load_digits(levels: int, val_fraction: float, test_fraction: float, seed: int) -> TaskData:

@@ -10,7 +10,7 @@ from absl import app, flags
 from PIL import Image
 
 from configs import digits
-from projectable import data, export, images, tflite, train
+from projectable import data, export, images, model, projector, tflite, train
 from projectable.specialist import load_specialist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +40,15 @@ def exported(workdir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digit3_test_tokens(workdir):
+def digits_data(workdir):
+  """The run's data: digits, one task per class."""
+  return data.load(export.read_config(workdir).data)
+
+
+@pytest.fixture(scope="module")
+def digit3_test_tokens(digits_data):
   """The digits test images of task '3' as tokens."""
-  split = data.load(export.read_config(workdir).data).test
+  split = digits_data.test
   return split.tokens[split.labels == 3]
 
 
@@ -171,3 +177,106 @@ def test_sample_needs_one_model(tmp_path):
     run_launcher("sample", [f"--out={tmp_path / 'g.png'}"])
   with pytest.raises(app.UsageError, match="--workdir needs --task"):
     run_launcher("sample", [f"--workdir={tmp_path}", f"--out={tmp_path / 'g.png'}"])
+
+
+def _test_tokens(split: data.Split, classes: list[int]) -> np.ndarray:
+  return split.tokens[np.isin(split.labels, classes)]
+
+
+def test_unseen_class_set_is_projected_with_its_descriptor(
+  workdir, exported, digits_data, tmp_path
+):
+  out = str(tmp_path / "out")
+  summary = export.export(workdir, out, tasks="3;pair38:8,3")
+  assert summary["tasks"] == ["3", "pair38"]
+  specialist, meta = load_specialist(os.path.join(out, "pair38"))
+  assert (meta["task"], meta["task_classes"], meta["class_names"]) == ("pair38", [3, 8], ["3", "8"])
+  run = export.load_run(workdir)
+  descriptor = np.isin(np.arange(10), [3, 8]) / 2.0
+  weights = projector.project(run.params["source"], run.params["projector"], descriptor)
+  tokens = _test_tokens(digits_data.test, [3, 8])
+  logits = np.asarray(specialist.logits(tokens))
+  np.testing.assert_allclose(logits, model.apply(run.method.small, weights, tokens), atol=1e-5)
+  digit3, _ = load_specialist(os.path.join(exported[0], "3"))
+  assert np.abs(logits - np.asarray(digit3.logits(tokens))).max() > 1e-3
+  measured = float(specialist.bits_per_dim(tokens).mean())
+  assert abs(meta["test_bits_per_dim"] - measured) < 1e-5
+
+
+def test_a_class_set_gets_the_descriptor_of_a_training_task_of_its_classes(workdir, digits_data):
+  config, per_class = export.read_config(workdir), digits_data
+  extended, ids = export.select_tasks("all;pair38:8,3;odd:1,3,5,7,9", per_class)
+  assert ids == list(range(12)) and extended.task_names[10:] == ("pair38", "odd")
+  config.data.tasks = "pair38:3,8;odd:1,3,5,7,9"
+  trained = data.load(config.data)
+  np.testing.assert_array_equal(extended.task_descriptors()[10:], trained.task_descriptors())
+  np.testing.assert_array_equal(extended.task_descriptors()[:10], per_class.task_descriptors())
+  for got, want in zip(
+    extended.task_indices(extended.test)[10:], trained.task_indices(trained.test), strict=True
+  ):
+    np.testing.assert_array_equal(got, want)
+  assert export.select_tasks("3,0;p:1", per_class)[1] == [3, 0, 10]
+
+
+@pytest.mark.parametrize(
+  "tasks, match",
+  [
+    ("pair:3,12", r"--tasks: class 12 of task 'pair' is outside the dataset's classes 0\.\.9"),
+    ("pair:3,-1", r"class -1 of task 'pair' is outside the dataset's classes 0\.\.9"),
+    ("pair:3,eight", "class 'eight' of task 'pair' is neither an index nor one of the class"),
+    ("pair:", "task 'pair' is empty"),
+    ("3:3,8", r"class set name\(s\) \['3'\] already name training tasks"),
+    ("pair38=3,8", r"unknown task 'pair38=3'; .* or a class set 'name:class,class,\.\.\.'"),
+  ],
+)
+def test_bad_class_sets_raise_clear_errors(digits_data, tasks, match):
+  with pytest.raises(ValueError, match=match):
+    export.select_tasks(tasks, digits_data)
+
+
+def test_a_bad_class_set_writes_nothing(workdir, tmp_path):
+  with pytest.raises(ValueError, match="class 12 of task 'pair' is outside"):
+    export.export(workdir, str(tmp_path), tasks="3;pair:3,12")
+  assert not os.listdir(tmp_path)
+
+
+def test_class_sets_need_a_projectable_run(workdir, tmp_path):
+  config = export.read_config(workdir)
+  config.mode = "specialists"
+  os.makedirs(tmp_path / "run")
+  (tmp_path / "run" / "config.json").write_text(config.to_json())
+  with pytest.raises(ValueError, match="names a class set, which only a projectable run can"):
+    export.export(str(tmp_path / "run"), str(tmp_path / "out"), tasks="pair:3,8")
+
+
+def test_evaluate_scores_a_specialist_on_any_class_set(
+  workdir, exported, digits_data, tmp_path, capsys
+):
+  path, out = os.path.join(exported[0], "3"), str(tmp_path / "scores.json")
+  run_launcher(
+    "evaluate", [f"--specialist={path}", f"--workdir={workdir}", "--classes=8,3", f"--out={out}"]
+  )
+  with open(out) as f:
+    scores = json.load(f)
+  assert "3 on test classes ['3', '8']" in capsys.readouterr().out
+  tokens = _test_tokens(digits_data.test, [3, 8])
+  specialist, meta = load_specialist(path)
+  logits = np.asarray(specialist.logits(tokens), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+  assert scores["classes"] == [3, 8] and scores["num_images"] == len(tokens)
+  assert abs(scores["bits_per_dim"] - nll.mean() / np.log(2)) < 1e-5
+  assert abs(scores["per_class"]["3"]["bits_per_dim"] - meta["test_bits_per_dim"]) < 1e-6
+  own = export.evaluate_specialist(path, export.read_config(workdir))
+  assert own["classes"] == [3] and abs(own["bits_per_dim"] - meta["test_bits_per_dim"]) < 1e-6
+
+
+def test_evaluate_errors_name_the_bad_value(workdir, exported):
+  path, config = os.path.join(exported[0], "3"), export.read_config(workdir)
+  with pytest.raises(ValueError, match=r"--classes: class 10 is outside the dataset's classes"):
+    export.evaluate_specialist(path, config, "3,10")
+  config.data.levels = 5
+  with pytest.raises(ValueError, match=r"was made for data .*'levels': 17.*'levels': 5"):
+    export.evaluate_specialist(path, config, "3")
+  with pytest.raises(app.UsageError, match="exactly one of --workdir or --config"):
+    run_launcher("evaluate", [f"--specialist={path}"])
