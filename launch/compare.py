@@ -22,6 +22,11 @@ flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per run.
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
 flags.DEFINE_enum("budget", "steps", ["steps", "flops"], "What is matched across methods.")
 flags.DEFINE_list("methods", list(compare.METHODS), "Methods to run.")
+flags.DEFINE_float(
+  "distill_weight",
+  compare.DISTILL_WEIGHT,
+  "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
+)
 flags.DEFINE_string(
   "sweep",
   None,
@@ -46,7 +51,14 @@ def main(argv: list[str]) -> None:
     ]
     result = compare.sweep(FLAGS.config, FLAGS.workdir, field, parsed, seeds)
   else:
-    result = compare.compare(FLAGS.config, FLAGS.workdir, seeds, FLAGS.budget, tuple(FLAGS.methods))
+    result = compare.compare(
+      FLAGS.config,
+      FLAGS.workdir,
+      seeds,
+      FLAGS.budget,
+      tuple(FLAGS.methods),
+      distill_weight=FLAGS.distill_weight,
+    )
   print(compare.markdown(result))
 
 

@@ -6,9 +6,9 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
 
 Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
 steps; see projectable/frontier.py for the steps each method gets and how
-weight_selection_ft pays for its source. Writes DIR/frontier.{json,md,png}; each
-point has its own sub-workdir, and rerunning resumes unfinished points and reuses
-finished ones.
+weight_selection_ft and the *_distill methods pay for their source. Writes
+DIR/frontier.{json,md,png}; each point has its own sub-workdir, and rerunning
+resumes unfinished points and reuses finished ones.
 """
 
 import fractions
@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import frontier, log_filters
+from projectable import compare, frontier, log_filters
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -33,7 +33,15 @@ flags.DEFINE_list("seeds", ["0"], "Seeds at every budget but the largest.")
 flags.DEFINE_list("top_seeds", ["0", "1", "2"], "Seeds at the largest budget.")
 flags.DEFINE_list("methods", list(frontier.METHODS), "Methods to run.")
 flags.DEFINE_float(
-  "source_share", 0.5, "Share of weight_selection_ft's budget spent training its source."
+  "source_share",
+  0.5,
+  "Share of the budget of weight_selection_ft and the *_distill methods spent training "
+  "their source.",
+)
+flags.DEFINE_float(
+  "distill_weight",
+  compare.DISTILL_WEIGHT,
+  "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -55,6 +63,7 @@ def main(argv: list[str]) -> None:
     methods=tuple(FLAGS.methods),
     source_share=FLAGS.source_share,
     command=shlex.join(["python", *sys.argv]),
+    distill_weight=FLAGS.distill_weight,
   )
   print(frontier.markdown(result))
 

@@ -4,7 +4,12 @@ r"""Trains one mode of projectable.
   python launch/train.py --config=configs/digits.py:tiny --workdir=/tmp/t \
       --config.mode=universal --config.train.num_steps=20
 
-Rerunning the same command resumes from the workdir's latest checkpoint.
+Rerunning the same command resumes from the workdir's latest checkpoint, also after
+SIGTERM (exit code 143) or SIGKILL. ``--config.restore_step=S`` resumes from step S
+instead (newer steps are moved to DIR/checkpoints_set_aside/, never deleted).
+``--fresh`` never resumes: if --workdir holds a run, training goes to the first free
+``<workdir>-1``, ``<workdir>-2``, ... (logged) and nothing is deleted; to resume that
+run later, pass its directory as --workdir without --fresh.
 """
 
 import sys
@@ -17,6 +22,9 @@ from projectable import distributed, log_filters, train, workdir_guard
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.DEFINE_bool(
+  "fresh", False, "Never resume: if --workdir holds a run, train in the first free <workdir>-N."
+)
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -30,10 +38,13 @@ def main(argv: list[str]) -> None:
   log_filters.quiet_library_logs()
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   logging.info("Config:\n%s", FLAGS.config)
+  workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, workdir)
   except workdir_guard.Preempted as e:
     logging.warning("%s", e)
+    if FLAGS.fresh:
+      logging.warning("--fresh starts anew: to resume, rerun with --workdir=%s only.", workdir)
     sys.exit(PREEMPTED_EXIT_CODE)
 
 

@@ -11,6 +11,10 @@ skipped when finished) on a rerun. Budgets (``budget``):
 ``weight_selection`` is the fixed selection of the trained ``source`` run,
 evaluated as is; ``weight_selection_ft`` fine-tunes it per task with the
 specialists' budget (its FLOPs include the source's pretraining).
+``universal_distill`` and ``specialists_distill`` train those small models from
+scratch with that source as their frozen teacher (``config.distill``, alpha =
+``distill_weight``), charged alike: their own steps (teacher forwards included)
+plus the source's pretraining.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ from projectable.modes import make_method
 from projectable.trainer import Trainer
 
 TRAINED = ("source", "projectable", "universal", "specialists")
-METHODS = (*TRAINED, "weight_selection", "weight_selection_ft")
+# Methods trained from the seed's trained ``source`` run: warm-started, or distilled from it.
+FROM_SOURCE = ("weight_selection_ft", "universal_distill", "specialists_distill")
+METHODS = (*TRAINED, "weight_selection", *FROM_SOURCE)
+_MODES = {
+  "weight_selection_ft": "specialists",
+  "universal_distill": "universal",
+  "specialists_distill": "specialists",
+}
+# alpha of the *_distill methods: NLL and teacher KL weighted equally (see docs/method.md).
+DISTILL_WEIGHT = 0.5
 
 
 def scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
@@ -45,13 +58,20 @@ def scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.
 
 
 def mode_config(
-  base: ml_collections.ConfigDict, method: str, source_workdir: str
+  base: ml_collections.ConfigDict,
+  method: str,
+  source_workdir: str,
+  distill_weight: float = DISTILL_WEIGHT,
 ) -> ml_collections.ConfigDict:
-  """``base`` training ``method`` (weight_selection_ft: specialists from ``source_workdir``)."""
+  """``base`` training ``method``; the ``FROM_SOURCE`` methods start from (weight_selection_ft)
+  or distill from (*_distill, alpha = ``distill_weight``) the source in ``source_workdir``."""
   config = base.copy_and_resolve_references()
-  config.mode = "specialists" if method == "weight_selection_ft" else method
+  config.mode = _MODES.get(method, method)
   if method == "weight_selection_ft":
     config.init.source_workdir = source_workdir
+  elif method in FROM_SOURCE:
+    config.distill.weight = distill_weight
+    config.distill.teacher_workdir = source_workdir
   return config
 
 
@@ -71,9 +91,10 @@ def method_config(
   budget: str,
   data: data_lib.TaskData,
   source_workdir: str,
+  distill_weight: float = DISTILL_WEIGHT,
 ) -> ml_collections.ConfigDict:
   """The training config of one method under the matched budget."""
-  config = mode_config(base, method, source_workdir)
+  config = mode_config(base, method, source_workdir, distill_weight)
   if budget == "steps" or method == "projectable":
     return config
   steps = max(1, round(reference_flops(base, data) / step_flops(config, data)))
@@ -148,6 +169,7 @@ def compare(
   seeds: list[int],
   budget: str,
   methods: tuple[str, ...] = METHODS,
+  distill_weight: float = DISTILL_WEIGHT,
 ) -> dict:
   """Runs ``methods`` for each seed under ``budget``; writes comparison.{json,md,png}."""
   if budget not in ("steps", "flops"):
@@ -161,7 +183,7 @@ def compare(
     seeded = config.copy_and_resolve_references()
     seeded.seed = seed
     source_dir = os.path.join(workdir, f"source_seed{seed}")
-    needs_source = {"source", "weight_selection", "weight_selection_ft"} & set(methods)
+    needs_source = {"source", "weight_selection", *FROM_SOURCE} & set(methods)
     source_metrics = (
       run_method(method_config(seeded, "source", budget, data, source_dir), source_dir)
       if needs_source
@@ -174,14 +196,16 @@ def compare(
         runs[method].append(weight_selection(seeded, source_dir, source_metrics))
       else:
         run_dir = os.path.join(workdir, f"{method}_seed{seed}")
-        metrics = run_method(method_config(seeded, method, budget, data, source_dir), run_dir)
-        if method == "weight_selection_ft":
+        run_config = method_config(seeded, method, budget, data, source_dir, distill_weight)
+        metrics = run_method(run_config, run_dir)
+        if method in FROM_SOURCE:
           metrics["train_flops"] += source_metrics["train_flops"]
         runs[method].append(metrics)
   result = {
     "dataset": data.name,
     "budget": budget,
     "seeds": seeds,
+    "distill_weight": distill_weight,
     "methods": {m: summarize(r) for m, r in runs.items()},
   }
   write_reports(result, workdir)
@@ -212,9 +236,11 @@ def markdown(result: dict) -> str:
       f"| {name} | {bpd['mean']:.4f} ± {bpd['std']:.4f} | {m['num_params_small']} "
       f"| {m['steps']} | {m['train_flops']:.3g} | {m['wall_s']:.0f} |"
     )
+  if any(name.endswith("_distill") for name in methods):
+    lines += ["", f"*_distill: alpha = {result['distill_weight']:g}, teacher = the source run."]
   if "projectable" in methods:
     lines.append("")
-    for other in ("universal", "specialists", "weight_selection_ft"):
+    for other in ("universal", "specialists", *FROM_SOURCE):
       if other in methods:
         lines.append(
           f"- projectable vs {other}: {_verdict(methods['projectable'], methods[other])}"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 from ml_collections import ConfigDict
 
 from projectable.projector import FORMS
-from projectable.sharding import parse_mesh
+from projectable.sharding import parse_mesh, rules_from_config
 
 MODES = ("projectable", "universal", "specialists", "source")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
@@ -40,6 +43,9 @@ def base_config() -> ConfigDict:
   # Images per task the source's own NLL is computed on (-1: all n); fewer makes a
   # projectable step cheaper while the source still gets gradients through projection.
   c.source_examples_per_task = -1
+  # Checkpoint step to resume from instead of the latest (-1: the latest). Newer steps are
+  # moved to DIR/checkpoints_set_aside/, never deleted; applied once (recorded in config.json).
+  c.restore_step = -1
 
   c.data = ConfigDict()
   c.data.name = "digits"  # Dataset name (see projectable/data.py).
@@ -67,6 +73,10 @@ def base_config() -> ConfigDict:
   c.train.checkpoint_every = 200  # Steps between checkpoints (the last step is always saved).
   c.train.keep_checkpoints = 3  # Checkpoints kept in DIR/checkpoints.
   c.train.eval_chunk = 64  # Test images per task evaluated per call.
+  # A non-finite loss or gradient: 'stop' raises naming the step; 'skip' leaves the weights and
+  # optimizer unchanged for that step and raises after max_skipped_steps consecutive skips.
+  c.train.nonfinite = "stop"
+  c.train.max_skipped_steps = 10
 
   c.model = ConfigDict()  # The source (large, task-conditional) Transformer.
   c.model.d = 128  # Residual width d.
@@ -88,15 +98,19 @@ def base_config() -> ConfigDict:
   c.projector.code_std = 1.0  # Initial scale of the per-class task codes.
 
   c.sharding = ConfigDict()
-  # Logical axis -> mesh axis (None = replicated). Small weights are always replicated.
+  # Logical axis -> mesh axis ('' = replicated). FSDP: embed='data'. The small model's
+  # axes are 'small_<axis>': replicated by default (measured in README "Clusters").
   c.sharding.rules = ConfigDict(
     {
       "batch": "data",
-      "embed": None,
+      "embed": "",
       "heads": "model",
       "mlp": "model",
-      "vocab": None,
-      "layers": None,
+      "vocab": "",
+      "layers": "",
+      "small_embed": "",
+      "small_heads": "",
+      "small_mlp": "",
     }
   )
 
@@ -104,6 +118,13 @@ def base_config() -> ConfigDict:
   # A finished source/projectable run whose best source weights start this run
   # (projectable/source: the source; specialists/universal: its weight selection).
   c.init.source_workdir = ""
+
+  c.distill = ConfigDict()
+  # alpha: a small model's loss is (1 - alpha) * NLL + alpha * KL(teacher || small); 0 = off.
+  # The teacher is the source: projectable mode its own (stop-gradient); universal and
+  # specialists the frozen best source of distill.teacher_workdir.
+  c.distill.weight = 0.0
+  c.distill.teacher_workdir = ""  # A finished source/projectable run (universal/specialists).
 
   c.samples = ConfigDict()
   c.samples.num_per_task = 16  # Samples drawn per task into DIR/samples/ at the end.
@@ -116,30 +137,73 @@ def _check(ok: bool, field: str, value, allowed: str) -> None:
     raise ValueError(f"config.{field}={value!r} is invalid: {allowed}")
 
 
-def _positive_int(config: ConfigDict, field: str) -> None:
+def _get(config: ConfigDict, field: str):
   value = config
   for part in field.split("."):
     value = value[part]
+  return value
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  """An int or float, finite (NaN and infinities are not numbers here)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(config: ConfigDict, field: str) -> None:
+  value = _get(config, field)
+  _check(_is_int(value) and value > 0, field, value, "must be a positive integer")
+
+
+def _number_at_least(config: ConfigDict, field: str, low: float, strict: bool = False) -> None:
+  value = _get(config, field)
+  ok = _is_number(value) and (value > low if strict else value >= low)
+  _check(ok, field, value, f"must be a finite number {'>' if strict else '>='} {low}")
+
+
+def _one_of(config: ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+  value = _get(config, field)
+  _check(isinstance(value, str) and value in choices, field, value, f"must be one of {choices}")
+
+
+def _validate_distill(config: ConfigDict) -> None:
+  """alpha in [0, 1]; a teacher workdir exactly where a mode distills from a trained source."""
+  weight, teacher = config.distill.weight, config.distill.teacher_workdir
   _check(
-    isinstance(value, int) and not isinstance(value, bool) and value > 0,
-    field,
-    value,
-    "must be a positive integer",
+    _is_number(weight) and 0 <= weight <= 1, "distill.weight", weight, "must be a number in [0, 1]"
+  )
+  _check(isinstance(teacher, str), "distill.teacher_workdir", teacher, "must be a string")
+  if config.mode == "source":
+    _check(weight == 0, "distill.weight", weight, "must be 0 in source mode (it is the teacher)")
+  from_workdir = config.mode in ("universal", "specialists") and weight > 0
+  _check(
+    (teacher != "") == from_workdir,
+    "distill.teacher_workdir",
+    teacher,
+    "must name a finished source or projectable run exactly when universal/specialists mode "
+    "distills (distill.weight > 0), else be '' (projectable mode distills from its own source)",
   )
 
 
 def validate(config: ConfigDict) -> None:
   """Checks every field's type and range before any data loading or compilation."""
-  _check(config.mode in MODES, "mode", config.mode, f"must be one of {MODES}")
-  _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
+  _one_of(config, "mode", MODES)
+  for field in ("seed", "data.split_seed"):
+    value = _get(config, field)
+    _check(_is_int(value) and 0 <= value < 2**31, field, value, "must be an integer in [0, 2**31)")
+  _number_at_least(config, "lambda_source", 0)
   _check(
-    isinstance(config.lambda_source, (int, float)) and config.lambda_source >= 0,
-    "lambda_source",
-    config.lambda_source,
-    "must be a number >= 0",
+    _is_int(config.restore_step) and config.restore_step >= -1,
+    "restore_step",
+    config.restore_step,
+    "must be a checkpoint step >= 0, or -1 for the latest",
   )
   for field in (
     "data.levels",
+    "data.downsample",
     "train.num_steps",
     "train.batch_tasks",
     "train.examples_per_task",
@@ -148,12 +212,12 @@ def validate(config: ConfigDict) -> None:
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.eval_chunk",
+    "train.max_skipped_steps",
     "samples.num_per_task",
   ):
     _positive_int(config, field)
   _check(config.data.levels >= 2, "data.levels", config.data.levels, "must be >= 2")
-  _positive_int(config, "data.downsample")
-  for field in ("tfds_data_dir", "path", "test_path", "tasks"):
+  for field in ("name", "tfds_data_dir", "path", "test_path", "tasks"):
     _check(
       isinstance(config.data[field], str), f"data.{field}", config.data[field], "must be a string"
     )
@@ -166,25 +230,22 @@ def validate(config: ConfigDict) -> None:
       "must be a float in (0, 0.5)",
     )
   train = config.train
+  _number_at_least(config, "train.learning_rate", 0, strict=True)
   _check(
-    isinstance(train.learning_rate, float) and train.learning_rate > 0,
-    "train.learning_rate",
-    train.learning_rate,
-    "must be a float > 0",
-  )
-  _check(
-    isinstance(train.warmup_steps, int) and 0 <= train.warmup_steps < train.num_steps,
+    _is_int(train.warmup_steps) and 0 <= train.warmup_steps < train.num_steps,
     "train.warmup_steps",
     train.warmup_steps,
     "must be an integer in [0, num_steps)",
   )
-  for field in ("weight_decay", "grad_clip"):
-    _check(
-      isinstance(train[field], (int, float)) and train[field] >= 0,
-      f"train.{field}",
-      train[field],
-      "must be a number >= 0",
-    )
+  _number_at_least(config, "train.weight_decay", 0)
+  _number_at_least(config, "train.grad_clip", 0, strict=True)
+  _check(
+    isinstance(train.freeze_source, bool),
+    "train.freeze_source",
+    train.freeze_source,
+    "must be True or False",
+  )
+  _one_of(config, "train.nonfinite", NONFINITE_POLICIES)
   for name in ("model", "small"):
     for field in ("d", "heads", "mlp_dim", "depth"):
       _positive_int(config, f"{name}.{field}")
@@ -222,30 +283,32 @@ def validate(config: ConfigDict) -> None:
     )
   n_src = config.source_examples_per_task
   _check(
-    isinstance(n_src, int) and (n_src == -1 or 1 <= n_src <= train.examples_per_task),
+    _is_int(n_src) and (n_src == -1 or 1 <= n_src <= train.examples_per_task),
     "source_examples_per_task",
     n_src,
     f"must be -1 (all) or in [1, train.examples_per_task={train.examples_per_task}]",
   )
   _check(
-    isinstance(config.projector.rank, int) and config.projector.rank >= 0,
+    _is_int(config.projector.rank) and config.projector.rank >= 0,
     "projector.rank",
     config.projector.rank,
     "must be an integer >= 0",
   )
+  _one_of(config, "projector.form", FORMS)
+  _number_at_least(config, "projector.code_std", 0)
+  _number_at_least(config, "samples.temperature", 0)
   _check(
-    config.projector.form in FORMS,
-    "projector.form",
-    config.projector.form,
-    f"must be one of {FORMS}",
+    isinstance(config.init.source_workdir, str),
+    "init.source_workdir",
+    config.init.source_workdir,
+    "must be a string",
   )
-  _check(
-    isinstance(config.samples.temperature, float) and config.samples.temperature >= 0,
-    "samples.temperature",
-    config.samples.temperature,
-    "must be a float >= 0",
-  )
-  sizes = parse_mesh(config.mesh, jax.device_count())
+  _validate_distill(config)
+  _check(isinstance(config.mesh, str), "mesh", config.mesh, "must be a string such as 'data:-1'")
+  sizes = parse_mesh(config.mesh, jax.device_count())  # Its errors name config.mesh.
+  rules = config.sharding.rules
+  _check(isinstance(rules, ConfigDict), "sharding.rules", rules, "must map logical to mesh axes")
+  rules_from_config(rules)  # Its errors name config.sharding.rules.<axis>.
   for field in ("examples_per_task", "eval_chunk"):
     _check(
       train[field] % sizes["data"] == 0,

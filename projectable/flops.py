@@ -5,7 +5,9 @@ weighted values over the full L x L block, as XLA computes it before masking);
 the backward pass costs twice the forward. Elementwise work (softmax, GELU,
 LayerNorm, dropout's random bits) uses per-element costs calibrated once against
 XLA's cost analysis of the unrolled train step on CPU (``tests/test_flops.py``
-checks the total stays within 10% for every mode).
+checks the total stays within 10% for every mode, distilled variants included).
+A distilled step adds the teacher's forward pass alone (no backward, no dropout)
+where it is not the source's own training forward, and the per-pixel KL.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ EW_PER_SCORE = 15.5  # an attention score (scale, mask, softmax)
 EW_PER_MLP_UNIT = 30.7  # an MLP hidden unit (bias, GELU)
 EW_PER_RESIDUAL = 236.0  # a residual coordinate (LayerNorms, residual adds, biases)
 EW_PER_DROPOUT = 186.0  # a residual coordinate under dropout (random bits, select)
+# The same, forward only (a distillation teacher's pass), calibrated alike:
+EW_FWD_PER_SCORE = 6.5
+EW_FWD_PER_MLP_UNIT = 8.1
+EW_FWD_PER_RESIDUAL = 25.0
+EW_PER_KL = 12.0  # a pixel's vocabulary entry of the distillation KL, forward + backward
 
 
 def forward_flops_per_sequence(cfg: ModelConfig) -> int:
@@ -37,6 +44,16 @@ def train_flops_per_sequence(cfg: ModelConfig) -> float:
     EW_PER_SCORE * cfg.seq_len * cfg.heads + EW_PER_MLP_UNIT * cfg.mlp_dim + residual * cfg.d
   )
   return TRAIN_FACTOR * forward_flops_per_sequence(cfg) + cfg.seq_len * elementwise
+
+
+def teacher_flops_per_sequence(cfg: ModelConfig) -> float:
+  """Forward FLOPs of one sequence in evaluation mode, elementwise work included."""
+  elementwise = cfg.depth * (
+    EW_FWD_PER_SCORE * cfg.seq_len * cfg.heads
+    + EW_FWD_PER_MLP_UNIT * cfg.mlp_dim
+    + EW_FWD_PER_RESIDUAL * cfg.d
+  )
+  return forward_flops_per_sequence(cfg) + cfg.seq_len * elementwise
 
 
 def _map_weight(in_s: int, w_in: int, w_out: int, out_s: int) -> int:
@@ -77,6 +94,11 @@ def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float
       n_src = config.source_examples_per_task
       src_sequences = sequences if n_src == -1 else train.batch_tasks * n_src
       flops += src_sequences * train_flops_per_sequence(method.src)
-    return flops
-  cfg = method.src if method.name == "source" else method.small
-  return sequences * train_flops_per_sequence(cfg)
+  else:
+    cfg = method.src if method.name == "source" else method.small
+    flops = sequences * train_flops_per_sequence(cfg)
+  if method.runs_teacher_forward:
+    flops += sequences * teacher_flops_per_sequence(method.src)
+  if method.distill_weight > 0:
+    flops += sequences * method.src.seq_len * method.src.vocab_size * EW_PER_KL
+  return flops

@@ -8,15 +8,18 @@ checkpoint and warmup periods scaled alike (``compare.scaled``), so its training
 FLOPs are within half a step of B. A budget below one step of a method is an
 error, raised for every point before any training starts.
 
-``weight_selection_ft`` pays for its source out of its own budget: at budget B
-it starts from the ``source`` point at budget ``source_share * B`` (same seed;
-with the default halving ladder and share 1/2 that is the source point one rung
-down, trained once and reused) and fine-tunes specialists from that source's
-weight selection with the remaining ``(1 - source_share) * B``. Its
-``train_flops`` is the sum, so every point's x position is all the compute
-behind it; ``source_flops`` is reported apart, for the amortised view where one
-source serves many task sets (fine-tuning alone = train_flops - source_flops).
-Its ``wall_s`` likewise adds the source's.
+The methods built on a trained source (``compare.FROM_SOURCE``) pay for it out of
+their own budget: at budget B they start from the ``source`` point at budget
+``source_share * B`` (same seed; with the default halving ladder and share 1/2
+that is the source point one rung down, trained once and reused by all of them)
+and spend the remaining ``(1 - source_share) * B`` on their own training:
+``weight_selection_ft`` fine-tunes specialists from that source's weight
+selection; ``universal_distill`` and ``specialists_distill`` train from scratch
+with it as frozen teacher (alpha = ``distill_weight``; their steps include the
+teacher's forward). Their ``train_flops`` is the sum, so every point's x position
+is all the compute behind it; ``source_flops`` is reported apart, for the
+amortised view where one source serves many task sets (own training alone =
+train_flops - source_flops). Their ``wall_s`` likewise adds the source's.
 
 Budgets get ``seeds``, the largest ``top_seeds``. Each point lives in
 ``DIR/<method>_b<multiple>_seed<s>/`` and resumes, or is reused when finished
@@ -37,7 +40,7 @@ from matplotlib.figure import Figure
 from projectable import compare
 from projectable import data as data_lib
 
-METHODS = ("projectable", "universal", "specialists", "source", "weight_selection_ft")
+METHODS = ("projectable", "universal", "specialists", "source", *compare.FROM_SOURCE)
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
@@ -51,7 +54,7 @@ class Point:
   seed: int
   config: ml_collections.ConfigDict
   workdir: str
-  source: Point | None = None  # weight_selection_ft: the source point it starts from.
+  source: Point | None = None  # compare.FROM_SOURCE methods: the source point they build on.
 
 
 def _point(
@@ -63,20 +66,23 @@ def _point(
   budget: float,
   seed: int,
   source_share: float,
+  distill_weight: float,
 ) -> Point:
   """The run of ``method`` at ``budget``; raises if the budget buys less than one step."""
   seeded = base.copy_and_resolve_references()
   seeded.seed = seed
   source, share = None, 1.0
-  if method == "weight_selection_ft":
+  if method in compare.FROM_SOURCE:
     try:
-      source = _point(base, data, reference, workdir, "source", budget * source_share, seed, 0)
+      source = _point(
+        base, data, reference, workdir, "source", budget * source_share, seed, 0, distill_weight
+      )
     except ValueError as e:
       raise ValueError(
-        f"weight_selection_ft at budget {budget:g} spends {source_share:g} of it on its source: {e}"
+        f"{method} at budget {budget:g} spends {source_share:g} of it on its source: {e}"
       ) from None
     share = 1 - source_share
-  config = compare.mode_config(seeded, method, source.workdir if source else "")
+  config = compare.mode_config(seeded, method, source.workdir if source else "", distill_weight)
   per_step = compare.step_flops(config, data)
   available = share * budget * reference
   if available < per_step:
@@ -106,6 +112,7 @@ def plan(
   top_seeds: Sequence[int],
   methods: Sequence[str],
   source_share: float,
+  distill_weight: float = compare.DISTILL_WEIGHT,
 ) -> tuple[float, list[Point]]:
   """(reference FLOPs, every point cheapest budget first); validates all before any training."""
   unknown = set(methods) - set(METHODS)
@@ -119,7 +126,7 @@ def plan(
   reference = compare.reference_flops(config, data)
   ladder = sorted(set(budgets))
   return reference, [
-    _point(config, data, reference, workdir, method, budget, seed, source_share)
+    _point(config, data, reference, workdir, method, budget, seed, source_share, distill_weight)
     for budget in ladder
     for seed in (top_seeds if budget == ladder[-1] else seeds)
     for method in methods
@@ -156,9 +163,12 @@ def frontier(
   methods: Sequence[str] = METHODS,
   source_share: float = 0.5,
   command: str = "",
+  distill_weight: float = compare.DISTILL_WEIGHT,
 ) -> dict:
   """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json."""
-  reference, points = plan(config, workdir, budgets, seeds, top_seeds, methods, source_share)
+  reference, points = plan(
+    config, workdir, budgets, seeds, top_seeds, methods, source_share, distill_weight
+  )
   records = []
   for point in points:
     source = None
@@ -172,6 +182,7 @@ def frontier(
     "reference_flops": reference,
     "reference_steps": config.train.num_steps,
     "source_share": source_share,
+    "distill_weight": distill_weight,
     "points": records,
   }
   os.makedirs(workdir, exist_ok=True)
@@ -200,7 +211,7 @@ def _bits_cell(runs: list[dict]) -> str:
 
 
 def _steps_cell(runs: list[dict]) -> str:
-  """Steps (the same for every seed); weight_selection_ft as source + fine-tuning steps."""
+  """Steps (the same for every seed); methods built on a source as source + own steps."""
   run = runs[0]
   return f"{run['source_steps']} + {run['steps']}" if "source_steps" in run else str(run["steps"])
 
@@ -215,14 +226,15 @@ def markdown(result: dict) -> str:
     f"# {result['dataset']}: test bits/dim against training FLOPs",
     "",
     f"Budgets are multiples of {result['reference_steps']} projectable steps "
-    f"({result['reference_flops']:.4g} FLOPs). weight_selection_ft spends "
-    f"{result['source_share']:g} of each budget on its source and the rest on fine-tuning.",
+    f"({result['reference_flops']:.4g} FLOPs). {', '.join(compare.FROM_SOURCE)} spend "
+    f"{result['source_share']:g} of each budget on their source and the rest on fine-tuning "
+    f"or distillation (alpha = {result['distill_weight']:g}).",
   ]
   if result["command"]:
     lines += ["", "```", result["command"], "```"]
   for title, cell in (
     ("Test bits/dim (mean ± std over seeds)", _bits_cell),
-    ("Steps (weight_selection_ft: source + fine-tuning)", _steps_cell),
+    ("Steps (methods built on a source: source + own)", _steps_cell),
   ):
     lines += ["", f"## {title}", "", header, rule]
     for method, by_budget in groups.items():

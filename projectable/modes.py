@@ -10,16 +10,29 @@ Every mode works on a plain-dict parameter tree and a task-grouped batch
 * ``projectable``: source + projectors, ``{"source": ..., "projector": ...}``;
   loss = mean over the batch's tasks of the projected models' NLL
   + lambda_source * the source's NLL on the same images.
+
+Distillation (``config.distill.weight`` = alpha > 0) replaces a small model's NLL by
+(1 - alpha) * NLL + alpha * KL(teacher || small), per pixel, averaged like the NLL. The
+teacher is the source's conditional forward on the same images and task: in universal and
+specialists mode a trained source loaded into ``params["teacher"]`` (frozen, carried in
+the params so that checkpoints are self-contained); in projectable mode the jointly
+trained source itself, under ``stop_gradient``.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from projectable import model, projector
+from projectable import model, projector, sharding
 from projectable.data import TaskData
+from projectable.losses import (
+  conditional_logits,
+  conditional_nll,
+  distill_loss,
+  per_task_logits,
+  per_task_nll,
+)
 from projectable.model import ModelConfig
 
 
@@ -46,34 +59,14 @@ def small_config(
   )
 
 
-def _replicated_axes(axes_tree):
-  return jax.tree.map(lambda a: (None,) * len(a), axes_tree, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def conditional_nll(
-  cfg: ModelConfig,
-  params: dict,
-  tokens_MxNxL: jax.Array,
-  task_MxC: jax.Array,
-  key: jax.Array | None,
-) -> jax.Array:
-  """Per-pixel NLL (M, N, L) of a task-conditional model."""
-  m, n, l = tokens_MxNxL.shape
-  tokens = tokens_MxNxL.reshape(m * n, l)
-  task = jnp.repeat(task_MxC, n, axis=0)
-  return model.token_nll(model.apply(cfg, params, tokens, task, key), tokens).reshape(m, n, l)
-
-
-def per_task_nll(
-  cfg: ModelConfig, params_M: dict, tokens_MxNxL: jax.Array, key: jax.Array | None
-) -> jax.Array:
-  """Per-pixel NLL (M, N, L) of M unconditional models, each on its own images."""
-  keys = jax.random.split(key, tokens_MxNxL.shape[0]) if key is not None else None
-
-  def one(params, tokens, k):
-    return model.token_nll(model.apply(cfg, params, tokens, None, k), tokens)
-
-  return jax.vmap(one)(params_M, tokens_MxNxL, keys)
+def small_axes(cfg: ModelConfig) -> dict:
+  """The small model's logical axes, prefixed (``heads`` -> ``small_heads``) so that the
+  sharding rules place small weights apart from the source's."""
+  return jax.tree.map(
+    lambda axes: tuple(None if a is None else f"small_{a}" for a in axes),
+    model.logical_axes(cfg),
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
 
 
 class Method:
@@ -122,6 +115,17 @@ class Method:
   def num_params(self, params: dict) -> dict[str, int | None]:
     raise NotImplementedError
 
+  @property
+  def distill_weight(self) -> float:
+    """alpha of the distillation from the source (0: off, also for runs saved before
+    ``config.distill`` existed)."""
+    return self.config.get("distill", {}).get("weight", 0.0)
+
+  @property
+  def runs_teacher_forward(self) -> bool:
+    """Whether a step runs a forward pass of the source only to distill from it."""
+    return False
+
 
 class SourceMethod(Method):
   name = "source"
@@ -147,22 +151,78 @@ class SourceMethod(Method):
     return {"source": model.num_params(params["source"]), "small": None}
 
 
-class UniversalMethod(Method):
+class SmallMethod(Method):
+  """Base of the modes that train small models from scratch (universal, specialists).
+
+  With ``config.distill.weight`` > 0 the params also hold the frozen teacher source,
+  ``{"small": ..., "teacher": ...}``: fresh here, replaced by the source of
+  ``config.distill.teacher_workdir`` before training (``warmstart.initial_state``).
+  """
+
+  small: ModelConfig
+
+  def init_small(self, key: jax.Array) -> dict:
+    raise NotImplementedError
+
+  def small_logical_axes(self) -> dict:
+    raise NotImplementedError
+
+  def small_logits(self, small: dict, batch: dict, key: jax.Array) -> jax.Array:
+    """Next-pixel logits (M, N, L, V) of the small model(s) on the batch."""
+    raise NotImplementedError
+
+  @property
+  def distilled(self) -> bool:
+    return self.distill_weight > 0
+
+  @property
+  def runs_teacher_forward(self):
+    return self.distilled
+
+  def init(self, key):
+    params = {"small": self.init_small(key)}
+    if self.distilled:
+      params["teacher"] = model.init_params(self.src, jax.random.fold_in(key, 1))
+    return params
+
+  def logical_axes(self):
+    axes = {"small": self.small_logical_axes()}
+    if self.distilled:
+      axes["teacher"] = model.logical_axes(self.src)
+    return axes
+
+  def trainable(self):
+    trainable = super().trainable()
+    if self.distilled:
+      trainable["teacher"] = jax.tree.map(lambda _: False, trainable["teacher"])
+    return trainable
+
+  def loss(self, params, batch, key):
+    logits = self.small_logits(params["small"], batch, key)
+    nll = model.token_nll(logits, batch["tokens"]).mean()
+    if not self.distilled:
+      return nll, {"nll": nll}
+    teacher = jax.lax.stop_gradient(params["teacher"])
+    teacher_logits = conditional_logits(self.src, teacher, batch["tokens"], batch["task"], None)
+    loss, kl = distill_loss(self.distill_weight, nll, teacher_logits, logits)
+    return loss, {"nll": nll, "distill_kl": kl}
+
+
+class UniversalMethod(SmallMethod):
   name = "universal"
 
   def __init__(self, config, data):
     super().__init__(config, data)
     self.small = small_config(config, data, conditional=True)
 
-  def init(self, key):
-    return {"small": model.init_params(self.small, key)}
+  def init_small(self, key):
+    return model.init_params(self.small, key)
 
-  def logical_axes(self):
-    return {"small": _replicated_axes(model.logical_axes(self.small))}
+  def small_logical_axes(self):
+    return small_axes(self.small)
 
-  def loss(self, params, batch, key):
-    nll = conditional_nll(self.small, params["small"], batch["tokens"], batch["task"], key).mean()
-    return nll, {"nll": nll}
+  def small_logits(self, small, batch, key):
+    return conditional_logits(self.small, small, batch["tokens"], batch["task"], key)
 
   def task_nll(self, params, tokens_NxL, task_id, task_C):
     nll = conditional_nll(self.small, params["small"], tokens_NxL[None], task_C[None], None)
@@ -175,27 +235,25 @@ class UniversalMethod(Method):
     return {"source": None, "small": model.num_params(params["small"])}
 
 
-class SpecialistsMethod(Method):
+class SpecialistsMethod(SmallMethod):
   name = "specialists"
 
   def __init__(self, config, data):
     super().__init__(config, data)
     self.small = small_config(config, data, conditional=False)
 
-  def init(self, key):
+  def init_small(self, key):
     keys = jax.random.split(key, self.data.num_tasks)
-    return {"small": jax.vmap(lambda k: model.init_params(self.small, k))(keys)}
+    return jax.vmap(lambda k: model.init_params(self.small, k))(keys)
 
-  def logical_axes(self):
-    axes = _replicated_axes(model.logical_axes(self.small))
-    return {
-      "small": jax.tree.map(lambda a: (None, *a), axes, is_leaf=lambda x: isinstance(x, tuple))
-    }
+  def small_logical_axes(self):
+    return jax.tree.map(
+      lambda a: (None, *a), small_axes(self.small), is_leaf=lambda x: isinstance(x, tuple)
+    )
 
-  def loss(self, params, batch, key):
-    params_M = jax.tree.map(lambda p: p[batch["task_id"]], params["small"])
-    nll = per_task_nll(self.small, params_M, batch["tokens"], key).mean()
-    return nll, {"nll": nll}
+  def small_logits(self, small, batch, key):
+    small_M = jax.tree.map(lambda p: p[batch["task_id"]], small)
+    return per_task_logits(self.small, small_M, batch["tokens"], key)
 
   def specialist(self, params, task_id, task_C):
     return jax.tree.map(lambda p: p[task_id], params["small"])
@@ -254,24 +312,56 @@ class ProjectableMethod(Method):
 
   def loss(self, params, batch, key):
     k_small, k_src = jax.random.split(key)
+    tokens, task = batch["tokens"], batch["task"]
     small_M = jax.vmap(projector.project, in_axes=(None, None, 0))(
-      params["source"], params["projector"], batch["task"]
+      params["source"], params["projector"], task
     )
-    projected = per_task_nll(self.small, small_M, batch["tokens"], k_small).mean()
+    small_M = self._place_small(small_M)
+    logits = per_task_logits(self.small, small_M, tokens, k_small)
+    projected = model.token_nll(logits, tokens).mean()
     metrics = {"nll": projected}
     loss = projected
     if self.uses_source_loss:
-      source = conditional_nll(
-        self.src, params["source"], self.source_tokens(batch["tokens"]), batch["task"], k_src
-      ).mean()
-      loss = loss + self.config.lambda_source * source
+      src_tokens = self.source_tokens(tokens)
+      source_logits = conditional_logits(self.src, params["source"], src_tokens, task, k_src)
+      source = model.token_nll(source_logits, src_tokens).mean()
       metrics["source_nll"] = source
+    if self.distill_weight > 0:
+      if not self.reuses_source_forward:
+        teacher = jax.lax.stop_gradient(params["source"])
+        source_logits = conditional_logits(self.src, teacher, tokens, task, None)
+      loss, metrics["distill_kl"] = distill_loss(
+        self.distill_weight, projected, source_logits, logits
+      )
+    if self.uses_source_loss:
+      loss = loss + self.config.lambda_source * source
     return loss, metrics
+
+  def _place_small(self, small_M: dict) -> dict:
+    """Projected weights (task-stacked) sharded as ``config.sharding.rules`` say for
+    ``small_*`` axes (default: replicated, see README "Clusters")."""
+    rules = sharding.rules_from_config(self.config.sharding.rules)
+    specs = jax.tree.map(
+      lambda axes: sharding.spec_for((None, *axes), rules),
+      small_axes(self.small),
+      is_leaf=lambda x: isinstance(x, tuple),
+    )
+    return jax.tree.map(jax.lax.with_sharding_constraint, small_M, specs)
 
   @property
   def uses_source_loss(self) -> bool:
     """Whether the source's own NLL is in the loss (not with λ = 0 or a frozen source)."""
     return self.config.lambda_source > 0 and not self.config.train.freeze_source
+
+  @property
+  def reuses_source_forward(self) -> bool:
+    """Whether distillation takes the teacher's logits from the source's own loss (same
+    images, dropout on) instead of a separate forward pass."""
+    return self.uses_source_loss and self.config.source_examples_per_task == -1
+
+  @property
+  def runs_teacher_forward(self):
+    return self.distill_weight > 0 and not self.reuses_source_forward
 
   def source_tokens(self, tokens_MxNxL: jax.Array) -> jax.Array:
     """The images of each task that the source's own loss sees."""

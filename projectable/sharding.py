@@ -53,6 +53,18 @@ def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
   )
 
 
+def rules_from_config(rules: Mapping[str, str]) -> dict[str, str | None]:
+  """``config.sharding.rules`` as logical axis -> mesh axis or None ('' or None: replicated;
+  runs saved before '' replaced None in the defaults hold None)."""
+  for axis, target in rules.items():
+    if target not in (None, "", *MESH_AXES):
+      raise ValueError(
+        f"config.sharding.rules.{axis}={target!r} is invalid: must be '' (replicated) or one "
+        f"of the mesh axes {MESH_AXES}"
+      )
+  return {axis: target or None for axis, target in rules.items()}
+
+
 def spec_for(axes: Sequence[str | None], rules: Mapping[str, str | None]) -> PartitionSpec:
   """PartitionSpec for a weight's logical axes under logical->mesh ``rules``."""
   mesh_axes = [rules.get(a) if a is not None else None for a in axes]

@@ -1,9 +1,10 @@
 """``train_and_evaluate(config, workdir)``: the one training loop of every mode.
 
-Resumes from the latest checkpoint in ``workdir``; evaluates validation and
-test bits/dim every ``train.eval_every`` steps, keeps the best-on-validation
-weights, and at the end writes ``eval/metrics.json``, pictures, specialists
-(``export/<task>/``) and samples (``samples/<task>.png``).
+Resumes from the latest checkpoint in ``workdir`` (or from ``config.restore_step``);
+evaluates validation and test bits/dim every ``train.eval_every`` steps, keeps the
+best-on-validation weights, and at the end writes ``eval/metrics.json``, pictures,
+specialists (``export/<task>/``) and samples (``samples/<task>.png``). A non-finite
+loss or gradient stops the run or, with ``train.nonfinite='skip'``, skips the step.
 """
 
 from __future__ import annotations
@@ -49,14 +50,59 @@ def _check_finite(step: int, metrics: dict) -> None:
       raise FloatingPointError(
         f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
         "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
-        "rerun to resume from the last good checkpoint."
+        "rerun to resume from the last good checkpoint (or set config.train.nonfinite='skip')."
       )
 
 
+class _SkipCounter:
+  """Steps skipped under ``train.nonfinite='skip'``, read at log steps (no per-step sync)."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.consecutive = 0
+    self.pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics))
+
+  def check(self) -> int:
+    """Skipped steps since the last check; raises once ``limit`` steps in a row were skipped."""
+    skipped = 0
+    for step, metrics in jax.device_get(self.pending):
+      self.consecutive = self.consecutive + 1 if metrics["skipped"] else 0
+      skipped += bool(metrics["skipped"])
+      if self.consecutive >= self.limit:
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+        raise FloatingPointError(
+          f"{self.consecutive} consecutive steps up to step {step} had a non-finite loss or "
+          f"gradient and were skipped (last: {bad}); config.train.max_skipped_steps="
+          f"{self.limit}. Weights and optimizer state are those before the skips, as is every "
+          "checkpoint. Lower config.train.learning_rate, then rerun to resume."
+        )
+    self.pending = []
+    return skipped
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``workdir/config.json`` atomically (a killed write leaves the old file)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    path = os.path.join(workdir, "config.json")
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + ".tmp", path)
+
+
+def _apply_restore_step(
+  config: ml_collections.ConfigDict, ckpts: checkpointing.Checkpoints, saved: dict | None
+) -> None:
+  """Rewinds to ``config.restore_step`` unless config.json shows an earlier run applied it."""
+  step = config.restore_step
+  if step < 0:
+    return
+  if saved is not None and saved.get("restore_step") == step:
+    logging.info("config.restore_step=%d was applied by an earlier run; resuming the latest", step)
+    return
+  ckpts.rewind(step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -69,14 +115,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"{data.num_tasks} tasks of dataset {data.name!r}"
     )
   workdir_guard.check_compatible(config, workdir)
+  saved = workdir_guard.saved_config(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     method = make_method(config, data)
     trainer = Trainer(config, method, mesh)
-    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
-    write_config(config, workdir)
+    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints, clean=True)
     try:
+      _apply_restore_step(config, ckpts, saved)
+      write_config(config, workdir)
       with workdir_guard.StopRequest() as stop:
         state = _train(config, data, trainer, ckpts, workdir, stop)
       if stop.requested:
@@ -101,12 +149,7 @@ def _train(
   latest = ckpts.latest_step()
   data_iter = pipeline.train_iterator(data, train.batch_tasks, train.examples_per_task, config.seed)
   if latest is None:
-    state = trainer.init_state(jax.random.key(config.seed))
-    if config.init.source_workdir:
-      source = warmstart.load_source(config, data)
-      state = trainer.reset_optimizer(
-        warmstart.warm_params(trainer.method, state["params"], source)
-      )
+    state = warmstart.initial_state(config, data, trainer)
   else:
     logging.info("Resuming from checkpoint at step %d in %s", latest, workdir)
     state = ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
@@ -119,15 +162,23 @@ def _train(
     workdir, just_logging=jax.process_index() > 0, asynchronous=False
   )
   report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
+  skips = _SkipCounter(train.max_skipped_steps) if train.nonfinite == "skip" else None
   t0, last_log = time.time(), start
   for step in range(start + 1, train.num_steps + 1):
     batch = pipeline.place(next(data_iter), trainer.batch_shardings)
     state, metrics = trainer.train_step(state, batch)
     report(step, time.time())
-    last = step == train.num_steps or stop.requested
+    if skips is not None:
+      skips.add(step, metrics)
+    stopping = stop.requested  # Read once: SIGTERM may come at any moment, e.g. after the save.
+    last = step == train.num_steps or stopping
     if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      _check_finite(step, scalars)
+      if skips is not None:  # Skipped steps left the state finite; a long run of them stops.
+        del scalars["skipped"]  # This step's flag; the count since the last log replaces it.
+        scalars["skipped_steps"] = skips.check()
+      else:
+        _check_finite(step, scalars)
       scalars["train/bits_per_dim"] = scalars["nll"] / LN2
       scalars["steps_per_s"] = (step - last_log) / max(time.time() - t0, 1e-9)
       t0, last_log = time.time(), step
@@ -153,7 +204,7 @@ def _train(
         )
     if step % train.checkpoint_every == 0 or last:
       ckpts.save_state(step, state, data_iter)
-    if stop.requested:
+    if stopping:
       logging.warning("SIGTERM: saved step %d and stopping", step)
       break
   ckpts.wait()

@@ -2,7 +2,9 @@
 
 Built once per run: every function is a single ``jax.jit`` with explicit input
 and output shardings over the run's mesh; the train step donates its state.
-The train state is a plain dict ``{"step", "params", "opt_state"}``.
+The train state is a plain dict ``{"step", "params", "opt_state"}``. Under
+``config.train.nonfinite='skip'`` the step also reports ``skipped`` (a step
+whose loss or gradient norm is not finite changes neither weights nor optimizer).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Trainer:
     self.config = config
     self.method = method
     self.mesh = mesh
-    rules = dict(config.sharding.rules)
+    rules = sharding.rules_from_config(config.sharding.rules)
     self.optimizer = build_optimizer(config.train, method.trainable())
     self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
     abstract_params = jax.eval_shape(method.init, jax.random.key(0))
@@ -117,9 +119,15 @@ class Trainer:
     grad_fn = jax.value_and_grad(self.method.loss, has_aux=True)
     (loss, metrics), grads = grad_fn(state["params"], batch, key)
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+    if self.config.train.nonfinite == "skip":
+      # A non-finite loss or gradient leaves the weights and the optimizer as they were.
+      finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+      old = {"params": state["params"], "opt_state": state["opt_state"]}
+      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      metrics["skipped"] = ~finite
+    return {"step": state["step"] + 1, **new}, metrics
 
   def _eval_chunk(
     self, params: dict, chunk: dict, task_ids_T: jax.Array, tasks_TxC: jax.Array

@@ -10,6 +10,10 @@ run. Its best-on-validation source weights then replace the fresh ones:
   source for that task (``projector.select_subnetwork``);
 * ``universal``: the small conditional model starts as the selection with the
   source's per-class start embeddings.
+
+``config.distill.teacher_workdir`` names such a run too: its best source weights
+become the frozen teacher ``params["teacher"]`` of a distilled universal or
+specialists run (``initial_state`` loads both).
 """
 
 from __future__ import annotations
@@ -30,25 +34,36 @@ _ARCH_FIELDS = ("d", "heads", "mlp_dim", "depth")
 
 def load_source(config: ml_collections.ConfigDict, data: TaskData) -> dict:
   """The best source weights of ``config.init.source_workdir``, checked against ``config``."""
-  workdir = config.init.source_workdir
+  return _best_source(config, data, "init.source_workdir")
+
+
+def load_teacher(config: ml_collections.ConfigDict, data: TaskData) -> dict:
+  """The best source weights of ``config.distill.teacher_workdir``, checked against ``config``."""
+  return _best_source(config, data, "distill.teacher_workdir")
+
+
+def _best_source(config: ml_collections.ConfigDict, data: TaskData, field: str) -> dict:
+  """The best source weights of the run that ``config.<field>`` names."""
+  section, name = field.split(".")
+  workdir = config[section][name]
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"config.init.source_workdir={workdir!r} has no config.json: train a source there "
+      f"config.{field}={workdir!r} has no config.json: train a source there "
       "first (--config.mode=source) or fix the path"
     )
   with open(path) as f:
     src_config = ml_collections.ConfigDict(json.load(f))
   if src_config.mode not in ("source", "projectable"):
     raise ValueError(
-      f"config.init.source_workdir={workdir!r} holds a {src_config.mode!r} run; "
+      f"config.{field}={workdir!r} holds a {src_config.mode!r} run; "
       "it needs a 'source' or 'projectable' run"
     )
-  for field in _ARCH_FIELDS:
-    if src_config.model[field] != config.model[field]:
+  for arch in _ARCH_FIELDS:
+    if src_config.model[arch] != config.model[arch]:
       raise ValueError(
-        f"config.model.{field}={config.model[field]} but the source in {workdir!r} has "
-        f"{src_config.model[field]}; use the same source architecture"
+        f"config.model.{arch}={config.model[arch]} but the source in {workdir!r} has "
+        f"{src_config.model[arch]}; use the same source architecture"
       )
   if src_config.data.to_dict() != config.data.to_dict():
     raise ValueError(f"config.data differs from the data of the source in {workdir!r}")
@@ -83,3 +98,15 @@ def warm_params(method: Method, params: dict, source: dict) -> dict:
       descriptors
     )
   return params
+
+
+def initial_state(config: ml_collections.ConfigDict, data: TaskData, trainer: Trainer) -> dict:
+  """The step-0 train state of a new run: fresh weights, the parts that start from
+  ``config.init.source_workdir`` warm-started, and a distilled run's teacher loaded."""
+  state = trainer.init_state(jax.random.key(config.seed))
+  params = state["params"]
+  if config.init.source_workdir:
+    params = warm_params(trainer.method, params, load_source(config, data))
+  if "teacher" in params:
+    params = {**params, "teacher": load_teacher(config, data)}
+  return state if params is state["params"] else trainer.reset_optimizer(params)

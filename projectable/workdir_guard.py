@@ -2,7 +2,8 @@
 
 Fields that change what a checkpoint means (mode, data, architectures,
 projector, seed, mesh-independent optimizer shape) must equal those of the
-run that wrote the workdir; run-length and logging fields may change.
+run that wrote the workdir; run-length, logging and recovery fields may change.
+``fresh_workdir`` picks where ``--fresh`` trains without touching existing runs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable
 
+import jax
 import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from projectable import config_lib
 
 # Top-level sections or fields that may differ between a run and its resumption.
-_MAY_CHANGE = {"mesh", "samples", "sharding"}
+_MAY_CHANGE = {"mesh", "samples", "sharding", "restore_step"}
 _TRAIN_MAY_CHANGE = {
   "learning_rate",
   "warmup_steps",
@@ -27,6 +35,8 @@ _TRAIN_MAY_CHANGE = {
   "checkpoint_every",
   "keep_checkpoints",
   "eval_chunk",
+  "nonfinite",
+  "max_skipped_steps",
 }
 
 
@@ -46,13 +56,49 @@ def _relevant(name: str) -> bool:
   return top not in _MAY_CHANGE and not (top == "train" and rest in _TRAIN_MAY_CHANGE)
 
 
+def saved_config(workdir: str) -> dict | None:
+  """The config.json of the run in ``workdir``, or None."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def holds_run(workdir: str) -> bool:
+  """Whether ``workdir`` has a run's config.json or checkpoints."""
+  return any(os.path.exists(os.path.join(workdir, p)) for p in ("config.json", "checkpoints"))
+
+
+def first_free(path: str, taken: Callable[[str], bool] = os.path.exists) -> str:
+  """``path`` if not ``taken``, else the first ``<path>-N`` (N = 1, 2, ...) that is not."""
+  path = os.path.normpath(path)
+  candidate, n = path, 0
+  while taken(candidate):
+    n += 1
+    candidate = f"{path}-{n}"
+  return candidate
+
+
+def fresh_workdir(workdir: str) -> str:
+  """Where ``--fresh`` trains: ``workdir``, or the first ``<workdir>-N`` holding no run."""
+  chosen = first_free(workdir, holds_run)
+  if jax.process_count() > 1:  # A process may already see another's run there: use process 0's.
+    padded = np.frombuffer(chosen.encode().ljust(4096, b"\0"), np.uint8)
+    chosen = bytes(multihost_utils.broadcast_one_to_all(padded)).rstrip(b"\0").decode()
+  if chosen != os.path.normpath(workdir):
+    logging.warning("--fresh: %s holds a run, which is kept; training in %s", workdir, chosen)
+  return chosen
+
+
 def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises with a diff when ``workdir`` holds a run of an incompatible config."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  saved = saved_config(workdir)
+  if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
-  with open(path) as f:
-    saved = _flatten(json.load(f))
+  # A field added to the code after the run was written compares as its default.
+  defaults = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+  saved = {**defaults, **_flatten(saved)}
   current = _flatten(json.loads(config.to_json_best_effort()))
   diff = [
     f"  {name}: workdir has {saved.get(name)!r}, config has {current.get(name)!r}"
@@ -62,8 +108,9 @@ def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   if diff:
     raise ValueError(
       f"{workdir} holds a run with a different config; resuming it would mix two "
-      "experiments:\n" + "\n".join(diff) + "\nUse a new --workdir to start fresh, or "
-      "restore the old values to resume."
+      "experiments:\n" + "\n".join(diff) + "\nRerun with --fresh to start this config in "
+      f"the first free {os.path.normpath(workdir)}-N (nothing is deleted), or restore the old "
+      "values to resume."
     )
 
 

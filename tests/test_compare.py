@@ -23,11 +23,16 @@ def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_p
   # Matched FLOPs: the cheaper small-model methods ran more steps than projectable.
   assert methods["universal"]["steps"] > methods["projectable"]["steps"]
   assert abs(methods["universal"]["train_flops"] / methods["projectable"]["train_flops"] - 1) < 0.1
-  # Fine-tuning the selection is charged for the source it starts from.
-  assert methods["weight_selection_ft"]["train_flops"] > methods["source"]["train_flops"]
+  # Fine-tuning the selection and distilling are charged for the source they build on.
+  for method in compare.FROM_SOURCE:
+    own = methods[method]["train_flops"] - methods["source"]["train_flops"]
+    assert abs(own / methods["projectable"]["train_flops"] - 1) < 0.1, method
+  # Each distilled step also runs the teacher: fewer steps than the plain model at equal FLOPs.
+  assert methods["universal_distill"]["steps"] < methods["universal"]["steps"]
   with open(os.path.join(workdir, "comparison.md")) as f:
     table = f.read()
   assert all(f"| {m} |" in table for m in compare.METHODS)
+  assert "alpha = 0.5" in table
   with Image.open(os.path.join(workdir, "comparison.png")) as image:
     assert image.format == "PNG"
   mtime = os.path.getmtime(os.path.join(workdir, "universal_seed0", "eval", "metrics.json"))

@@ -1,11 +1,17 @@
 """Config validation: every bad value names its field before any work starts."""
 
 import os
+import re
 
+import jax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ml_collections import ConfigDict
 
 from configs import digits
 from projectable import config_lib, train
+from projectable.projector import FORMS
 
 BAD_VALUES = [
   ("mode", "teacher", "config.mode"),
@@ -41,3 +47,98 @@ def test_defaults_and_variants_validate():
     config_lib.validate(digits.get_config(variant))
   with pytest.raises(ValueError, match="unknown config variant"):
     digits.get_config("huge")
+
+
+NOT_INT = st.one_of(
+  st.none(), st.booleans(), st.floats(), st.text(max_size=4), st.lists(st.integers(), max_size=2)
+)
+NOT_NUMBER = st.one_of(
+  st.none(), st.booleans(), st.text(max_size=4), st.sampled_from([float("nan"), float("inf")])
+)
+NOT_STR = st.one_of(st.none(), st.booleans(), st.integers(), st.floats())
+NEGATIVE = st.one_of(st.integers(max_value=-1), st.floats(max_value=-1e-6), st.just(-float("inf")))
+
+
+def _not_positive_int():
+  return NOT_INT | st.integers(max_value=0)
+
+
+def _other_text(allowed):
+  return NOT_STR | st.text(max_size=12).filter(lambda s: s not in allowed)
+
+
+def _bad_meshes():
+  many = st.tuples(st.integers(1, 9), st.integers(1, 9)).filter(
+    lambda ab: ab[0] * ab[1] > jax.device_count()
+  )
+  return st.one_of(
+    NOT_STR,
+    st.text(alphabet="datmol,-0123456789 ", max_size=12),  # No ':' at all.
+    st.text(alphabet="abcxyz", min_size=1).map(lambda a: f"{a}:1"),  # Unknown axis.
+    st.text(alphabet="x.e+", min_size=1).map(lambda s: f"data:{s}"),  # Not an integer.
+    st.integers(max_value=0).filter(lambda n: n != -1).map(lambda n: f"data:{n}"),
+    st.sampled_from(["data:1,data:1", "data:-1,model:-1", "data:-1,model:3"]),
+    many.map(lambda ab: f"data:{ab[0]},model:{ab[1]}"),  # More devices than there are.
+  )
+
+
+# Values that are bad for the field alone, whatever the other fields hold.
+BAD = {
+  "mode": _other_text(config_lib.MODES),
+  "seed": NOT_INT | st.integers(max_value=-1) | st.integers(min_value=2**31),
+  "data.split_seed": NOT_INT | st.integers(max_value=-1),
+  "lambda_source": NOT_NUMBER | NEGATIVE,
+  "restore_step": NOT_INT | st.integers(max_value=-2),
+  "mesh": _bad_meshes(),
+  "data.levels": NOT_INT | st.integers(max_value=1),
+  "data.downsample": _not_positive_int(),
+  "data.name": NOT_STR,
+  "data.path": NOT_STR,
+  "data.tasks": NOT_STR,
+  "data.val_fraction": NOT_NUMBER | st.floats().filter(lambda x: not 0 < x < 0.5),
+  "data.test_fraction": st.integers() | st.floats(min_value=0.5),
+  "train.num_steps": _not_positive_int(),
+  "train.batch_tasks": _not_positive_int(),
+  "train.examples_per_task": _not_positive_int(),
+  "train.eval_every": _not_positive_int(),
+  "train.checkpoint_every": _not_positive_int(),
+  "train.keep_checkpoints": _not_positive_int(),
+  "train.max_skipped_steps": _not_positive_int(),
+  "train.learning_rate": NOT_NUMBER | NEGATIVE | st.just(0.0),
+  "train.warmup_steps": NOT_INT | st.integers(max_value=-1) | st.integers(min_value=6),
+  "train.weight_decay": NOT_NUMBER | NEGATIVE,
+  "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
+  "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
+  "train.nonfinite": _other_text(config_lib.NONFINITE_POLICIES),
+  "model.d": _not_positive_int(),
+  "model.heads": _not_positive_int(),
+  "small.depth": _not_positive_int(),
+  "small.dropout": NOT_NUMBER | st.floats().filter(lambda x: not 0 <= x < 1),
+  "source_examples_per_task": NOT_INT | st.integers(max_value=0).filter(lambda n: n != -1),
+  "projector.rank": NOT_INT | st.integers(max_value=-1),
+  "projector.form": _other_text(FORMS),
+  "projector.code_std": NOT_NUMBER | NEGATIVE,
+  "samples.temperature": NOT_NUMBER | NEGATIVE,
+  "samples.num_per_task": _not_positive_int(),
+  "sharding.rules.heads": _other_text(("", "data", "model")).filter(lambda v: v is not None),
+  "init.source_workdir": NOT_STR,
+}
+
+
+def _with(field: str, value) -> ConfigDict:
+  """The tiny config with ``field`` set to ``value``, whatever its type."""
+  tree = digits.get_config("tiny").to_dict()
+  *sections, name = field.split(".")
+  node = tree
+  for section in sections:
+    node = node[section]
+  node[name] = value
+  return ConfigDict(tree)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.sampled_from(sorted(BAD)).flatmap(lambda f: st.tuples(st.just(f), BAD[f])))
+def test_any_bad_value_raises_a_value_error_naming_its_field(field_and_value):
+  field, value = field_and_value
+  with pytest.raises(ValueError, match=rf"config\.{re.escape(field)}\b"):
+    config_lib.validate(_with(field, value))

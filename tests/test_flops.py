@@ -10,10 +10,28 @@ from projectable import flops, sharding
 from projectable.modes import make_method
 from projectable.trainer import Trainer
 
+# (mode, distill.weight, source_examples_per_task, freeze_source): every mode, then the
+# distilled ones. Projectable distills from its own source's training forward (-1) or runs
+# a separate teacher forward (2 images per task for the source's loss; a frozen source).
+VARIANTS = [
+  ("projectable", 0.0, -1, False),
+  ("universal", 0.0, -1, False),
+  ("specialists", 0.0, -1, False),
+  ("source", 0.0, -1, False),
+  ("universal", 0.5, -1, False),
+  ("specialists", 0.5, -1, False),
+  ("projectable", 0.5, -1, False),
+  ("projectable", 0.5, 2, False),
+  ("projectable", 0.5, -1, True),
+]
 
-@pytest.mark.parametrize("mode", ["projectable", "universal", "specialists", "source"])
-def test_counted_flops_match_xla_within_10_percent(tiny_config, mode):
+
+@pytest.mark.parametrize("mode,weight,n_src,frozen", VARIANTS)
+def test_counted_flops_match_xla_within_10_percent(tiny_config, mode, weight, n_src, frozen):
   tiny_config.mode = mode
+  tiny_config.distill.weight = weight
+  tiny_config.source_examples_per_task = n_src
+  tiny_config.train.freeze_source = frozen
   data = data_lib.load(tiny_config.data)
   mesh = sharding.make_mesh(tiny_config.mesh)
   with jax.set_mesh(mesh):

@@ -22,8 +22,9 @@ class _FakeTraining:
     self.trained = []
 
   def __call__(self, config, workdir):
-    if config.init.source_workdir:  # Fine-tuning starts from a finished source.
-      assert os.path.exists(os.path.join(config.init.source_workdir, "eval", "metrics.json"))
+    for source in (config.init.source_workdir, config.distill.teacher_workdir):
+      if source:  # Fine-tuning and distillation need a finished source.
+        assert os.path.exists(os.path.join(source, "eval", "metrics.json"))
     steps = config.train.num_steps
     metrics = {
       "bits_per_dim": {"mean": 2.0 / steps, "per_task": {str(t): 2.0 / steps for t in range(10)}},
@@ -59,11 +60,13 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
   for method in frontier.METHODS:
     steps = [points[(method, b)]["steps"] for b in budgets]
     assert steps == sorted(set(steps)), (method, steps)
-  # weight_selection_ft at budget 1 starts from the source point at budget 1/2 and pays for it;
-  # that source was trained once, and the one at 1/8 only for weight_selection_ft.
-  ft = points[("weight_selection_ft", 1.0)]
-  assert ft["source_workdir"] == "source_b0.5_seed0"
-  assert ft["source_flops"] == points[("source", 0.5)]["train_flops"]
+  # The methods built on a source at budget 1 start from the source point at budget 1/2 and pay
+  # for it; that source was trained once, and the one at 1/8 only for them.
+  for method in compare.FROM_SOURCE:
+    built = points[(method, 1.0)]
+    assert built["source_workdir"] == "source_b0.5_seed0"
+    assert built["source_flops"] == points[("source", 0.5)]["train_flops"]
+    assert built["train_flops"] > built["source_flops"]
   assert fake.trained.count("source_b0.5_seed0") == 1 and "source_b0.125_seed0" in fake.trained
   with open(os.path.join(workdir, "frontier.md")) as f:
     table = f.read()
@@ -105,6 +108,27 @@ def test_budget_below_one_step_raises_before_any_training(tiny_config, tmp_path,
   assert os.listdir(tmp_path) == []
 
 
+def test_distill_points_learn_from_their_source_point(tiny_config, tmp_path):
+  data = data_lib.load(tiny_config.data)
+  _, points = frontier.plan(
+    tiny_config,
+    str(tmp_path),
+    (1.0,),
+    [0],
+    [0],
+    ("universal_distill", "specialists_distill"),
+    0.5,
+    distill_weight=0.25,
+  )
+  for point, mode in zip(points, ("universal", "specialists"), strict=True):
+    assert point.config.mode == mode and point.config.distill.weight == 0.25
+    assert point.config.distill.teacher_workdir == point.source.workdir
+    assert os.path.basename(point.source.workdir) == "source_b0.5_seed0"
+    # Each step also runs the teacher's forward pass.
+    plain = compare.step_flops(compare.mode_config(tiny_config, mode, ""), data)
+    assert compare.step_flops(point.config, data) > 1.5 * plain
+
+
 def test_markdown_shows_seed_spread_and_source_steps():
   point = {"budget": 1.0, "budget_flops": 1e9, "train_flops": 1e9, "seed": 0, "wall_s": 1.0}
   points = [
@@ -124,6 +148,7 @@ def test_markdown_shows_seed_spread_and_source_steps():
     "reference_flops": 1e9,
     "reference_steps": 6,
     "source_share": 0.5,
+    "distill_weight": 0.5,
     "points": points,
   }
   table = frontier.markdown(result)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -24,6 +25,7 @@ WORKER = r"""
 import json, logging, os, shutil, sys, tempfile, time
 import jax
 import numpy as np
+import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update(
   "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "projectable-test-jax-cache")
@@ -74,6 +76,20 @@ for spec in ["data:1", "data:8", "data:4,model:2", "data:2,model:4"]:
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(params), strict=True)
   )
   out["seconds"][spec] = time.time() - t0
+
+# FSDP (source embed over data) with the projected small weights sharded over model.
+fsdp = digits.get_config("tiny")
+fsdp.train.examples_per_task = 8
+fsdp.sharding.rules.update(embed="data", small_heads="model", small_mlp="model")
+mesh = sharding.make_mesh("data:4,model:2")
+with jax.set_mesh(mesh):
+  trainer = Trainer(fsdp, make_method(fsdp, data), mesh)
+  state = trainer.init_state(jax.random.key(fsdp.seed))
+  out["fsdp_specs"] = specs(state["params"])
+  out["losses"]["fsdp"] = []
+  for step in range(3):
+    state, metrics = trainer.train_step(state, trainer.place_batch(batch(step)))
+    out["losses"]["fsdp"].append(float(metrics["loss"]))
 
 universal = digits.get_config("tiny")
 universal.mode = "universal"
@@ -126,9 +142,13 @@ print("RESULT " + json.dumps(out))
 
 
 def _env(devices):
+  """A subprocess's environment: ``devices`` fake CPUs and this process's compile cache."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = REPO
+  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   return env
 
@@ -168,6 +188,13 @@ def test_every_mesh_trains_like_one_device(worker):
     assert worker["max_param_diff"][mesh] < 1e-5, mesh
 
 
+def test_fsdp_and_sharded_small_weights_train_like_one_device(worker):
+  np.testing.assert_allclose(worker["losses"]["fsdp"], worker["losses"]["data:1"], atol=1e-5)
+  specs = {k: P(*v) for k, v in worker["fsdp_specs"].items()}
+  assert specs["['source']['blocks']['w1']"] == P(None, "data", "model")  # (layers, embed, mlp)
+  assert specs["['source']['token_embed']"] == P(None, "data")  # (vocab, embed)
+
+
 def test_parameters_carry_the_rules_shardings(worker):
   specs = {k: P(*v) for k, v in worker["param_specs"].items()}
   replicated = [k for k, v in worker["param_specs"].items() if not any(v)]
@@ -204,10 +231,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.skipif(
-  os.environ.get("PROJECTABLE_MULTIPROCESS_TEST") != "1",
-  reason="two JAX processes take 2-4 minutes on 2 cores; set PROJECTABLE_MULTIPROCESS_TEST=1",
-)
 def test_two_processes_train_like_one(worker, tmp_path):
   """Two launch/train.py processes of 2 devices each: the losses of one 4-device process."""
   workdir = str(tmp_path / "run")

@@ -1,51 +1,125 @@
-"""Workdir safety: SIGTERM saves the current step; incompatible restarts are refused."""
+"""Workdir safety: SIGTERM/SIGKILL lose no work, damaged checkpoints are named and set
+aside on request, incompatible restarts are refused, non-finite steps stop or are skipped."""
 
+import glob
+import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projectable import train
+from projectable import checkpointing, sharding, train
+from projectable import data as data_lib
+from projectable.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _launch(workdir: str, log: str, *flags: str) -> subprocess.Popen:
+  """``launch/train.py`` on the tiny config, logging to ``log``; shares this process's
+  compilation cache, and its 4 CPU devices (XLA_FLAGS) and mesh as ``tiny_config``."""
+  env = {
+    **os.environ,
+    "PYTHONPATH": REPO,
+    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
+  command = [sys.executable, os.path.join(REPO, "launch", "train.py")]
+  command += ["--config", os.path.join(REPO, "configs", "digits.py") + ":tiny"]
+  command += [f"--workdir={workdir}", "--config.mesh=data:1,model:1", *flags]
+  with open(log, "w") as f:
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=f)
+
+
+def _wait_until(proc: subprocess.Popen, log: str, condition, poll: float = 0.005) -> bool:
+  """Polls ``condition()`` until it holds (True) or ``proc`` exits (False); bounded."""
+  deadline = time.time() + 300
+  while not condition():
+    if proc.poll() is not None:
+      return False
+    if time.time() > deadline:
+      proc.kill()
+      with open(log) as f:
+        pytest.fail("launch/train.py never got there:\n" + f.read()[-3000:])
+    time.sleep(poll)
+  return True
+
+
+def _logged(log: str, pattern: str) -> bool:
+  with open(log) as f:
+    return re.search(pattern, f.read()) is not None
+
+
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
-  workdir = str(tmp_path)
-  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
-  proc = subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(REPO, "launch", "train.py"),
-      "--config",
-      os.path.join(REPO, "configs", "digits.py") + ":tiny",
-      f"--workdir={workdir}",
-      "--config.train.num_steps=100000",
-      "--config.train.checkpoint_every=100000",
-      "--config.train.eval_every=100000",
-    ],
-    env=env,
-    stderr=subprocess.PIPE,
-    text=True,
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
+  proc = _launch(
+    workdir,
+    log,
+    "--config.train.num_steps=100000",
+    "--config.train.checkpoint_every=100000",
+    "--config.train.eval_every=100000",
   )
-  deadline = time.time() + 120
-  events = None
-  while time.time() < deadline and not events:  # Wait until training is under way.
-    time.sleep(0.5)
-    events = [f for f in os.listdir(workdir) if f.startswith("events")]
-  time.sleep(3)
+  assert _wait_until(proc, log, lambda: _logged(log, r"\[3\] .*loss="), poll=0.2)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
+  proc.wait(timeout=120)
+  with open(log) as f:
+    err = f.read()
   assert proc.returncode == 143, err[-2000:]
-  assert "stopped by SIGTERM at step" in err
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
-  assert steps == [stopped_at] and 0 < stopped_at < 100000
+  assert steps == [stopped_at] and 3 <= stopped_at < 100000
+
+
+def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
+  """Kills after a step and inside two checkpoint writes; reruns end bit-identical to an
+  uninterrupted run. The first launch, with --fresh, trains beside that reference."""
+  rng = np.random.default_rng(8)
+  tiny_config.train.checkpoint_every = 1
+  reference, workdir = str(tmp_path / "run"), str(tmp_path / "run-1")
+  expected = train.train_and_evaluate(tiny_config, reference)
+  flags = ["--config.train.checkpoint_every=1"]
+  checkpoints = os.path.join(workdir, "checkpoints")
+
+  def latest() -> int:
+    return max([0] + [int(s) for s in os.listdir(checkpoints) if s.isdigit()])
+
+  def writes() -> list[str]:  # Unfinished (temporary) step directories of both managers.
+    return glob.glob(os.path.join(workdir, "*", "*.orbax-checkpoint-tmp*"))
+
+  log = str(tmp_path / "log1")  # 1. A seeded moment after a seeded step.
+  proc = _launch(reference, log, "--fresh", *flags)
+  step = int(rng.integers(1, 3))
+  assert _wait_until(proc, log, lambda: _logged(log, rf"\[{step}\] .*loss="), poll=0.01)
+  time.sleep(rng.uniform(0, 0.2))
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  assert _logged(log, re.escape(f"training in {workdir}")) and latest() < 6
+  for n in (2, 3):  # 2, 3. Inside the checkpoint write of a seeded step.
+    log, target = str(tmp_path / f"log{n}"), int(rng.integers(latest() + 1, 7))
+    proc = _launch(workdir, log, *flags)
+    # A step comes after the removal of the unfinished writes of the last kill.
+    assert _wait_until(proc, log, lambda f=log: _logged(f, r"\[\d\] .*loss="), poll=0.01)
+    unfinished = os.path.join(checkpoints, f"{target}.orbax-checkpoint-tmp*")
+    assert _wait_until(proc, log, lambda p=unfinished: glob.glob(p))
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert glob.glob(unfinished) and latest() < target, "the kill missed the checkpoint write"
+  proc = _launch(workdir, str(tmp_path / "log4"), *flags)
+  assert proc.wait() == 0
+  assert not writes()
+  want, got = _states(tiny_config, reference, [6])[6], _states(tiny_config, workdir, [6])[6]
+  jax.tree.map(np.testing.assert_array_equal, want, got)
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    assert json.load(f)["bits_per_dim"] == expected["bits_per_dim"]
 
 
 def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config, tmp_path):
@@ -54,7 +128,7 @@ def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config,
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   tiny_config.small.d = 8
   tiny_config.mode = "universal"
-  with pytest.raises(ValueError, match=r"(?s)mode: workdir has 'projectable'.*small\.d"):
+  with pytest.raises(ValueError, match=r"(?s)mode: workdir has 'projectable'.*small\.d.*--fresh"):
     train.train_and_evaluate(tiny_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
@@ -70,3 +144,125 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_con
   assert steps == [3, 6]
   _, params, _ = train.restore_params(tiny_config, workdir, step=6)
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def _states(config, workdir: str, steps) -> dict[int, dict]:
+  """The saved train states of ``steps`` (host numpy)."""
+  data = data_lib.load(config.data)
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    trainer = Trainer(config, train.make_method(config, data), mesh)
+    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+    try:
+      return {s: jax.device_get(ckpts.restore_state(trainer.abstract_state, s)) for s in steps}
+    finally:
+      ckpts.close()
+
+
+def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config, workdir)  # Checkpoints at steps 3 and 6.
+  intact = _states(tiny_config, workdir, [6])[6]
+  step6 = os.path.join(workdir, "checkpoints", "6")
+  # The largest array data file Orbax wrote for the state, cut in half.
+  damaged = max(
+    glob.glob(os.path.join(step6, "state", "**", "d", "*"), recursive=True), key=os.path.getsize
+  )
+  size = os.path.getsize(damaged)
+  os.truncate(damaged, size // 2)
+  with pytest.raises(
+    checkpointing.DamagedCheckpointError,
+    match=rf"(?s)checkpoint step 6 at {re.escape(step6)} is damaged.*available steps: \[3\]\..*"
+    r"--config\.restore_step=3",
+  ):
+    train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.restore_step = 5
+  with pytest.raises(ValueError, match=r"restore_step=5: .* available steps: \[3, 6\]"):
+    train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.restore_step = 3
+  train.train_and_evaluate(tiny_config, workdir)
+  aside = os.path.join(workdir, checkpointing.SET_ASIDE, "6")
+  assert os.path.getsize(os.path.join(aside, os.path.relpath(damaged, step6))) == size // 2
+  retrained = _states(tiny_config, workdir, [6])[6]
+  jax.tree.map(np.testing.assert_array_equal, intact, retrained)
+
+
+def test_changed_bytes_in_a_checkpoint_fail_its_checksum(tmp_path):
+  state = {"step": jnp.int32(3), "params": {"w": jnp.linspace(-1.0, 1.0, 4096)}}
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+  )
+  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  try:
+    ckpts.save_state(3, state)
+    ckpts.wait()
+    np.testing.assert_array_equal(
+      ckpts.restore_state(abstract)["params"]["w"], state["params"]["w"]
+    )
+  finally:
+    ckpts.close()
+  data_file = max(
+    glob.glob(f"{tmp_path}/checkpoints/3/state/**/d/*", recursive=True), key=os.path.getsize
+  )
+  with open(data_file, "r+b") as f:  # Flip the bits of 8 bytes in the middle: no read error.
+    f.seek(os.path.getsize(data_file) // 2)
+    middle = f.read(8)
+    f.seek(-8, os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in middle))
+  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  try:
+    with pytest.raises(checkpointing.DamagedCheckpointError, match=r"step 3 .*checksum.*--fresh"):
+      ckpts.restore_state(abstract)
+  finally:
+    ckpts.close()
+
+
+def _poison(monkeypatch, steps: tuple[int, ...]) -> None:
+  """Makes the loss, and so the gradients, NaN at ``steps`` (found by their dropout key)."""
+  make_method = train.make_method
+
+  def make_poisoned(config, data):
+    method = make_method(config, data)
+    loss = method.loss
+    seed = jax.random.key(config.seed)
+    bad = jnp.stack([jax.random.key_data(jax.random.fold_in(seed, s - 1)) for s in steps])
+
+    def poisoned(params, batch, key):
+      value, metrics = loss(params, batch, key)
+      hit = jnp.any(jnp.all(bad == jax.random.key_data(key)[None], axis=1))
+      return value * jnp.where(hit, jnp.nan, 1.0), metrics
+
+    method.loss = poisoned
+    return method
+
+  monkeypatch.setattr(train, "make_method", make_poisoned)
+
+
+def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
+  tiny_config, tmp_path, monkeypatch, caplog
+):
+  workdir = str(tmp_path)
+  _poison(monkeypatch, (2, 4, 5))
+  tiny_config.train.update(
+    nonfinite="skip", max_skipped_steps=3, checkpoint_every=1, keep_checkpoints=6
+  )
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(tiny_config, workdir)
+  logged = dict(re.findall(r"\[(\d)\] .*skipped_steps=(\d)", caplog.text))
+  assert logged == {"1": "0", "2": "1", "3": "0", "4": "1", "5": "1", "6": "0"}
+  states = _states(tiny_config, workdir, range(1, 7))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(states))
+  for step in range(2, 7):
+    assert states[step]["step"] == step
+    for part in ("params", "opt_state"):
+      same = jax.tree.leaves(
+        jax.tree.map(np.array_equal, states[step - 1][part], states[step][part])
+      )
+      assert all(same) == (step in (2, 4, 5)), (step, part)
+
+
+def test_skip_policy_stops_after_max_skipped_steps_in_a_row(tiny_config, tmp_path, monkeypatch):
+  _poison(monkeypatch, (2, 4, 5))
+  tiny_config.train.update(nonfinite="skip", max_skipped_steps=2)
+  with pytest.raises(FloatingPointError, match=r"2 consecutive steps up to step 5 .*loss=nan"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))

@@ -1,4 +1,4 @@
-"""End to end on the tiny digits config: artifacts, resume, continuation."""
+"""End to end on the tiny digits config: artifacts, resume, continuation; --fresh's workdir."""
 
 import json
 import os
@@ -6,9 +6,10 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
-from projectable import train
+from projectable import train, workdir_guard
 
 
 def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
@@ -57,3 +58,32 @@ def test_more_steps_continue_a_finished_run(tmp_path, tiny_config):
   assert metrics["final_step"]["step"] == 9
   _, after, _ = train.restore_params(tiny_config, workdir, step=9)
   assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)))
+
+
+def test_fresh_trains_in_the_first_workdir_holding_no_run(tmp_path):
+  # launch/train.py --fresh itself is exercised by test_safety's SIGKILL test.
+  base = tmp_path / "run"
+  assert workdir_guard.fresh_workdir(str(base)) == str(base)
+  base.mkdir()
+  (base / "notes.txt").write_text("not a run")
+  assert workdir_guard.fresh_workdir(str(base)) == str(base)
+  (base / "config.json").write_text("{}")
+  (tmp_path / "run-1" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "run-2").mkdir()
+  assert workdir_guard.fresh_workdir(f"{base}/") == str(tmp_path / "run-2")
+  assert sorted(os.listdir(base)) == ["config.json", "notes.txt"]
+  assert os.listdir(tmp_path / "run-1") == ["checkpoints"]
+
+
+def test_fields_added_after_a_run_was_written_compare_as_their_defaults(tmp_path, tiny_config):
+  """A workdir written before ``distill`` existed resumes; a real difference is refused."""
+  workdir = str(tmp_path)
+  os.makedirs(os.path.join(workdir, "checkpoints"))
+  saved = json.loads(tiny_config.to_json_best_effort())
+  del saved["distill"]
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+  workdir_guard.check_compatible(tiny_config, workdir)
+  tiny_config.distill.weight = 0.5
+  with pytest.raises(ValueError, match=r"distill\.weight: workdir has 0\.0, config has 0\.5"):
+    workdir_guard.check_compatible(tiny_config, workdir)
