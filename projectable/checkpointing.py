@@ -82,6 +82,11 @@ class Checkpoints:
     self.state = manager("checkpoints", keep)
     self.best = manager("best", 1)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service (multi-process runs) asks every host to save and
+    stop at ``step``; always False in a single process."""
+    return self.state.reached_preemption(step)
+
   def latest_step(self) -> int | None:
     return self.state.latest_step()
 

@@ -127,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       write_config(config, workdir)
       with workdir_guard.StopRequest() as stop:
         state = _train(config, data, trainer, ckpts, workdir, stop)
-      if stop.requested:
+      if int(state["step"]) < config.train.num_steps:  # SIGTERM or JAX's preemption notice.
         raise workdir_guard.Preempted(
           f"stopped by SIGTERM at step {int(state['step'])}; its checkpoint is saved in "
           f"{workdir}. Rerun the same command to resume."
@@ -170,7 +170,8 @@ def _train(
     report(step, time.time())
     if skips is not None:
       skips.add(step, metrics)
-    stopping = stop.requested  # Read once: SIGTERM may come at any moment, e.g. after the save.
+    # Read once: SIGTERM may come at any moment, e.g. after the save.
+    stopping = stop.requested or ckpts.reached_preemption(step)
     last = step == train.num_steps or stopping
     if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -119,14 +119,19 @@ class Preempted(Exception):
 
 
 class StopRequest:
-  """Set by SIGTERM (preemption): the loop saves a checkpoint and exits cleanly."""
+  """Set by SIGTERM (preemption): the loop saves a checkpoint and exits cleanly.
+
+  Single-process runs only: with several processes, JAX's preemption service (on by
+  default with ``jax.distributed``; TPU maintenance events included) takes SIGTERM on any
+  host and Orbax's ``reached_preemption`` stops every host at the same step.
+  """
 
   def __init__(self):
     self.event = threading.Event()
     self._previous = None
 
   def __enter__(self) -> StopRequest:
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
     return self
 
