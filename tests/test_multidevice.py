@@ -231,6 +231,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.skipif(
+  os.environ.get("PROJECTABLE_MULTIPROCESS_TEST") != "1",
+  reason="opt-in (PROJECTABLE_MULTIPROCESS_TEST=1): 2-3 min on 2 cores, and on a loaded "
+  "machine one process can lag the other past gloo's 30 s rendezvous deadline",
+)
 def test_two_processes_train_like_one(worker, tmp_path):
   """Two launch/train.py processes of 2 devices each: the losses of one 4-device process."""
   workdir = str(tmp_path / "run")
