@@ -28,3 +28,17 @@ def tiny_config():
   config = digits.get_config("tiny")
   config.mesh = "data:1,model:1"
   return config
+
+
+@pytest.fixture(scope="session")
+def source_workdir(tmp_path_factory):
+  """A finished tiny ``source`` run (warm starts and distillation teachers); tests that
+  move it must put it back."""
+  from configs import digits
+  from projectable import train
+
+  config = digits.get_config("tiny")
+  config.mesh, config.mode = "data:1,model:1", "source"
+  workdir = str(tmp_path_factory.mktemp("source"))
+  train.train_and_evaluate(config, workdir)
+  return workdir

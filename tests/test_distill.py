@@ -14,17 +14,6 @@ from projectable.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def source_workdir(tmp_path_factory):
-  from configs import digits
-
-  config = digits.get_config("tiny")
-  config.mesh, config.mode = "data:1,model:1", "source"
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture(scope="module")
 def digits_data():
   from configs import digits
 
@@ -203,10 +192,15 @@ def test_bad_distill_config_raises_naming_the_field(tiny_config, mode, weight, t
     ("source", 0.0, ""),
   ],
 )
-def test_good_distill_configs_validate(tiny_config, mode, weight, teacher):
+def test_good_distill_configs_validate_and_the_same_with_a_bad_weight_does_not(
+  tiny_config, mode, weight, teacher
+):
   tiny_config.mode, tiny_config.distill.weight = mode, weight
   tiny_config.distill.teacher_workdir = teacher
   config_lib.validate(tiny_config)
+  tiny_config.distill.weight = 1.5
+  with pytest.raises(ValueError, match=r"config\.distill\.weight=1\.5"):
+    config_lib.validate(tiny_config)
 
 
 def test_missing_teacher_workdir_names_the_field(tiny_config, digits_data, tmp_path):

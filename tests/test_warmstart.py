@@ -11,17 +11,6 @@ from projectable import model, projector, train, warmstart
 from projectable.modes import make_method
 
 
-@pytest.fixture(scope="module")
-def source_workdir(tmp_path_factory):
-  from configs import digits
-
-  config = digits.get_config("tiny")
-  config.mesh, config.mode = "data:1,model:1", "source"
-  workdir = str(tmp_path_factory.mktemp("source"))
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
 @pytest.mark.parametrize("mode", ["specialists", "universal", "projectable"])
 def test_warm_start_is_the_weight_selection_of_the_trained_source(
   tiny_config, source_workdir, mode
