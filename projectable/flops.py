@@ -56,27 +56,39 @@ def teacher_flops_per_sequence(cfg: ModelConfig) -> float:
   return forward_flops_per_sequence(cfg) + cfg.seq_len * elementwise
 
 
-def _map_weight(in_s: int, w_in: int, w_out: int, out_s: int) -> int:
-  """A_in^T W A_out with W (w_in x w_out): W A_out first, then A_in^T (W A_out)."""
-  return 2 * (w_in * w_out * out_s + in_s * w_in * out_s)
+def _core(i: int, o: int, s: int, t: int) -> int:
+  """L^T W R with W (i x o), L (i x s), R (o x t), in the cheaper order (as ``project``)."""
+  return 2 * min(s * i * o + s * o * t, i * o * t + s * i * t)
 
 
-def projection_flops(src: ModelConfig, small: ModelConfig, rank: int, form: str) -> int:
-  """Forward FLOPs of one ``project`` call (one task)."""
+def projection_flops(
+  src: ModelConfig, small: ModelConfig, rank: int, form: str, tasks: int = 1
+) -> int:
+  """Forward FLOPs of ``project_tasks`` for ``tasks`` tasks at once.
+
+  Factored maps (and rank 0) project a shared core once and pay per task only
+  for rank-k corrections; full bases build and project every task's maps.
+  """
   d, ds = src.d, small.d
   a, a_s = src.heads * src.head_dim, small.heads * small.head_dim
   f, fs = src.mlp_dim, small.mlp_dim
-  maps = [(d, ds)] + [(a, a_s)] * (2 * src.depth) + [(f, fs)] * src.depth
-  per_map = 2 if form == "factored" else 1  # U diag(z) V^T or sum_i z_i A_i
-  build = sum(per_map * i * o * rank for i, o in maps) if rank else 0
-  layer = (
-    3 * _map_weight(ds, d, a, a_s)
-    + _map_weight(a_s, a, d, ds)
-    + _map_weight(ds, d, f, fs)
-    + _map_weight(fs, f, d, ds)
-  )
-  vectors = 2 * d * ds * (src.seq_len + src.vocab_size + 6 * src.depth + 3)
-  return build + src.depth * layer + vectors
+  # (in, out) of the maps, and (left map, right map) of every layer weight.
+  res, attn, mlp = (d, ds), (a, a_s), (f, fs)
+  weights = [(res, attn)] * 3 + [(attn, res), (res, mlp), (mlp, res)]
+  # Vectors mapped by R (embeddings, LayerNorms, b2, unembed) and by M (b1).
+  res_rows = src.seq_len + 2 * src.vocab_size + 2 + 5 * src.depth
+  mlp_rows = src.depth
+  if form == "full" and rank:
+    build = 2 * rank * (d * ds + src.depth * (2 * a * a_s + f * fs))
+    return tasks * (build + projection_flops(src, small, 0, form))
+  k = rank
+  shared = src.depth * sum(_core(li, ro, lo + k, rt + k) for (li, lo), (ro, rt) in weights)
+  shared += 2 * (res_rows * d * (ds + k) + mlp_rows * f * (fs + k))
+  per_task = 0
+  if k:
+    per_task = src.depth * sum(2 * k * rt * (2 * lo + k) for (_, lo), (_, rt) in weights)
+    per_task += 2 * k * (res_rows * ds + mlp_rows * fs)
+  return shared + tasks * per_task
 
 
 def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float:
@@ -85,10 +97,9 @@ def train_step_flops(config: ml_collections.ConfigDict, method: Method) -> float
   sequences = train.batch_tasks * train.examples_per_task
   if isinstance(method, ProjectableMethod):
     flops = sequences * train_flops_per_sequence(method.small)
-    flops += (
-      TRAIN_FACTOR
-      * train.batch_tasks
-      * projection_flops(method.src, method.small, method.proj.rank, method.proj.form)
+    proj = method.proj
+    flops += TRAIN_FACTOR * projection_flops(
+      method.src, method.small, proj.rank, proj.form, train.batch_tasks
     )
     if method.uses_source_loss:
       n_src = config.source_examples_per_task

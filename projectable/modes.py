@@ -313,9 +313,7 @@ class ProjectableMethod(Method):
   def loss(self, params, batch, key):
     k_small, k_src = jax.random.split(key)
     tokens, task = batch["tokens"], batch["task"]
-    small_M = jax.vmap(projector.project, in_axes=(None, None, 0))(
-      params["source"], params["projector"], task
-    )
+    small_M = projector.project_tasks(params["source"], params["projector"], task)
     small_M = self._place_small(small_M)
     logits = per_task_logits(self.small, small_M, tokens, k_small)
     projected = model.token_nll(logits, tokens).mean()

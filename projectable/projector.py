@@ -126,36 +126,110 @@ def map_for_task(entry: dict, z_K: jax.Array | None) -> jax.Array:
 def project(source: dict, projector: dict, task_C: jax.Array) -> dict:
   """Small-model weights for one task, from source and projector weights.
 
-  ``task_C`` is the task descriptor (weights over classes). Pure and jittable;
-  vmap it over tasks to emit several specialists at once.
+  ``task_C`` is the task descriptor (weights over classes). Pure and jittable; to
+  emit several specialists at once use ``project_tasks`` (cheaper than a vmap).
   """
-  z = task_code(projector, task_C)
-  a = {name: map_for_task(entry, z) for name, entry in projector["maps"].items()}
-  r_DxS = a["residual"]
-  qk, vo, m = a["attn_qk"], a["attn_vo"], a["mlp"]
-  b = source["blocks"]
-  blocks = {
-    "wq": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wq"], qk),
-    "wk": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wk"], qk),
-    "wv": jnp.einsum("dr,nda,nas->nrs", r_DxS, b["wv"], vo),
-    "wo": jnp.einsum("nas,nad,dr->nsr", vo, b["wo"], r_DxS),
-    "w1": jnp.einsum("dr,ndf,nfg->nrg", r_DxS, b["w1"], m),
-    "b1": jnp.einsum("nf,nfg->ng", b["b1"], m),
-    "w2": jnp.einsum("nfg,nfd,dr->ngr", m, b["w2"], r_DxS),
+  return jax.tree.map(lambda x: x[0], project_tasks(source, projector, task_C[None]))
+
+
+def project_tasks(source: dict, projector: dict, tasks_MxC: jax.Array) -> dict:
+  """Small-model weights for M tasks at once, each leaf with a leading task axis.
+
+  With factored maps A(t) = [A0 | U] E(t), E(t) = [I; diag(z_t) V^T], so every
+  A_in(t)^T W A_out(t) = E_in(t)^T ([A0 | U]_in^T W [A0 | U]_out) E_out(t): the
+  expensive core is computed once for all tasks and each task only pays for
+  rank-k corrections. Full bases have no such core and are projected task by task.
+  """
+  maps = projector["maps"]
+  if any("bases" in entry for entry in maps.values()):
+
+    def one_task(task_C):
+      z_K = task_code(projector, task_C)
+      fixed = {name: {"base": map_for_task(entry, z_K)} for name, entry in maps.items()}
+      return jax.tree.map(lambda x: x[0], _project(source, fixed, None, task_C[None]))
+
+    return jax.vmap(one_task)(tasks_MxC)
+  return _project(source, maps, task_code(projector, tasks_MxC), tasks_MxC)
+
+
+def _project(source: dict, maps: dict, z_MxK: jax.Array | None, tasks_MxC: jax.Array) -> dict:
+  """``project_tasks`` for maps given as ``base`` (+ factored ``u``, ``v``) shared by tasks."""
+  m = tasks_MxC.shape[0]
+  res = maps["residual"]
+  per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
+  blocks = jax.vmap(_project_layer, in_axes=(0, 0, None, None, None), out_axes=1)(
+    source["blocks"], per_layer, res, z_MxK, m
+  )
+
+  def rows(x_NxD: jax.Array) -> jax.Array:  # x R(t) for every task: (M, N, ds).
+    return _right(_tasks(x_NxD @ _columns(res), m), res, z_MxK)
+
+  start_MxD = tasks_MxC @ source["start_embed"]
+  start_Mx1xDp = (start_MxD @ _columns(res))[:, None]
+  return {
+    "token_embed": rows(source["token_embed"]),
+    "pos_embed": rows(source["pos_embed"]),
+    "start_embed": _right(start_Mx1xDp, res, z_MxK),
+    "blocks": blocks,
+    "final_ln_scale": rows(source["final_ln_scale"][None])[:, 0],
+    "final_ln_bias": rows(source["final_ln_bias"][None])[:, 0],
+    "unembed": _left(_tasks(_columns(res).T @ source["unembed"], m), res, z_MxK),
+    "unembed_bias": _tasks(source["unembed_bias"], m),
+  }
+
+
+def _project_layer(w: dict, maps: dict, res: dict, z_MxK: jax.Array | None, m: int) -> dict:
+  """One layer's small weights for every task (leading task axis)."""
+  qk, vo, mlp = maps["attn_qk"], maps["attn_vo"], maps["mlp"]
+  out = {
+    "wq": _sandwich(res, w["wq"], qk, z_MxK, m),
+    "wk": _sandwich(res, w["wk"], qk, z_MxK, m),
+    "wv": _sandwich(res, w["wv"], vo, z_MxK, m),
+    "wo": _sandwich(vo, w["wo"], res, z_MxK, m),
+    "w1": _sandwich(res, w["w1"], mlp, z_MxK, m),
+    "w2": _sandwich(mlp, w["w2"], res, z_MxK, m),
+    "b1": _right(_tasks(w["b1"][None] @ _columns(mlp), m), mlp, z_MxK)[:, 0],
   }
   for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
-    blocks[name] = b[name] @ r_DxS
-  start_D = task_C @ source["start_embed"]
-  return {
-    "token_embed": source["token_embed"] @ r_DxS,
-    "pos_embed": source["pos_embed"] @ r_DxS,
-    "start_embed": (start_D @ r_DxS)[None],
-    "blocks": blocks,
-    "final_ln_scale": source["final_ln_scale"] @ r_DxS,
-    "final_ln_bias": source["final_ln_bias"] @ r_DxS,
-    "unembed": r_DxS.T @ source["unembed"],
-    "unembed_bias": source["unembed_bias"],
-  }
+    out[name] = _right(_tasks(w[name][None] @ _columns(res), m), res, z_MxK)[:, 0]
+  return out
+
+
+def _columns(entry: dict) -> jax.Array:
+  """[A0 | U] (in, out + k): the map's columns shared by every task."""
+  return jnp.concatenate([entry["base"], entry["u"]], -1) if "u" in entry else entry["base"]
+
+
+def _tasks(x: jax.Array, m: int) -> jax.Array:
+  return jnp.broadcast_to(x, (m, *x.shape))
+
+
+def _right(x_MxAxTp: jax.Array, entry: dict, z_MxK: jax.Array | None) -> jax.Array:
+  """x E(t) for each task m: from x [A0 | U] to x A(t) = x A0 + ((x U) * z_t) V^T."""
+  if z_MxK is None or "u" not in entry:
+    return x_MxAxTp
+  t = entry["v"].shape[0]
+  tail = jnp.einsum("mak,mk,tk->mat", x_MxAxTp[..., t:], z_MxK, entry["v"])
+  return x_MxAxTp[..., :t] + tail
+
+
+def _left(y_MxSpxT: jax.Array, entry: dict, z_MxK: jax.Array | None) -> jax.Array:
+  """E(t)^T y for each task m: from [A0 | U]^T y to A(t)^T y."""
+  if z_MxK is None or "u" not in entry:
+    return y_MxSpxT
+  s = entry["v"].shape[0]
+  return y_MxSpxT[:, :s] + jnp.einsum("sk,mk,mkt->mst", entry["v"], z_MxK, y_MxSpxT[:, s:])
+
+
+def _sandwich(left: dict, w_IxO: jax.Array, right: dict, z_MxK: jax.Array | None, m: int):
+  """A_left(t)^T W A_right(t) for every task, the shared core in its cheaper order."""
+  l_IxS, r_OxT = _columns(left), _columns(right)
+  (i, o), s, t = w_IxO.shape, l_IxS.shape[1], r_OxT.shape[1]
+  if s * i * o + s * o * t <= i * o * t + s * i * t:
+    core_SxT = (l_IxS.T @ w_IxO) @ r_OxT
+  else:
+    core_SxT = l_IxS.T @ (w_IxO @ r_OxT)
+  return _left(_right(_tasks(core_SxT, m), right, z_MxK), left, z_MxK)
 
 
 def select_subnetwork(

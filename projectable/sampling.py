@@ -3,7 +3,7 @@
 Both draw token i with ``jax.random.categorical(fold_in(key, i), logits / temperature)``
 (argmax when the temperature is 0), so for the same key they give the same tokens.
 ``sample`` runs one jitted scan over positions and caches every layer's keys and
-values, shape (depth, B, L, heads, head_dim); each step embeds one token and
+values, shape (B, heads, L, head_dim) per layer; each step embeds one token and
 attends over the cached prefix, reusing the layer math of ``projectable.model``.
 ``sample_naive`` recomputes the whole sequence with ``model.apply`` per position.
 """
@@ -117,40 +117,44 @@ def _sample_cached(
     start_BxD = jnp.broadcast_to(params["start_embed"], (num, cfg.d))
   else:
     start_BxD = task_BxC @ params["start_embed"]
-  cache_shape = (cfg.depth, num, cfg.seq_len, cfg.heads, cfg.head_dim)
-  cache = (jnp.zeros(cache_shape, jnp.float32), jnp.zeros(cache_shape, jnp.float32))
+  # One heads-major cache (B, heads, L, head_dim) per layer: attention reads it without
+  # a transpose or a slice, and each step writes one position in place. The layer loop
+  # is unrolled over per-layer weights split once outside the position loop.
+  cache_shape = (num, cfg.heads, cfg.seq_len, cfg.head_dim)
+  caches = tuple(jnp.zeros(cache_shape, jnp.float32) for _ in range(2 * cfg.depth))
+  layers = [jax.tree.map(lambda x, l=l: x[l], params["blocks"]) for l in range(cfg.depth)]
+  scale = cfg.head_dim**-0.5
+
+  def layer(x_Bx1xD, w, cache_k, cache_v, i, seen_1x1xL):
+    h_BxD = model.layer_norm(x_Bx1xD, w["ln1_scale"], w["ln1_bias"])[:, 0]
+    q, k, v = (
+      jnp.einsum("bd,dhk->bhk", h_BxD, w[n].reshape(cfg.d, cfg.heads, cfg.head_dim))
+      for n in ("wq", "wk", "wv")
+    )
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, None], (0, 0, i, 0))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None], (0, 0, i, 0))
+    scores_BxHxL = jnp.einsum("bhk,bhsk->bhs", q, cache_k) * scale
+    scores_BxHxL = jnp.where(seen_1x1xL, scores_BxHxL, jnp.finfo(scores_BxHxL.dtype).min)
+    o_BxHxK = jnp.einsum("bhs,bhsk->bhk", jax.nn.softmax(scores_BxHxL, -1), cache_v)
+    wo_HxKxD = w["wo"].reshape(cfg.heads, cfg.head_dim, cfg.d)
+    x_Bx1xD = x_Bx1xD + jnp.einsum("bhk,hkd->bd", o_BxHxK, wo_HxKxD)[:, None]
+    h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln2_scale"], w["ln2_bias"])
+    return x_Bx1xD + model.mlp(h_Bx1xD, w), cache_k, cache_v
 
   def position(carry, i):
-    cache_k, cache_v, in_BxD = carry
+    caches, in_BxD = carry
     pos_1x1xD = jax.lax.dynamic_slice_in_dim(params["pos_embed"], i, 1)[None]
     x_Bx1xD = in_BxD[:, None, :] + pos_1x1xD
-    lengths_B = jnp.full((num,), i + 1, jnp.int32)
-
-    def layer(carry, inputs):
-      x_Bx1xD, cache_k, cache_v = carry
-      w, l = inputs
-      h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln1_scale"], w["ln1_bias"])
-      q, k, v = (model.split_heads(h_Bx1xD @ w[n], cfg.heads) for n in ("wq", "wk", "wv"))
-      cache_k = jax.lax.dynamic_update_slice(cache_k, k[None], (l, 0, i, 0, 0))
-      cache_v = jax.lax.dynamic_update_slice(cache_v, v[None], (l, 0, i, 0, 0))
-      o_Bx1xHxK = jax.nn.dot_product_attention(
-        q, cache_k[l], cache_v[l], key_value_seq_lengths=lengths_B
-      )
-      x_Bx1xD = x_Bx1xD + o_Bx1xHxK.reshape(num, 1, cfg.heads * cfg.head_dim) @ w["wo"]
-      h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln2_scale"], w["ln2_bias"])
-      return (x_Bx1xD + model.mlp(h_Bx1xD, w), cache_k, cache_v), None
-
-    (x_Bx1xD, cache_k, cache_v), _ = jax.lax.scan(
-      layer,
-      (x_Bx1xD, cache_k, cache_v),
-      (params["blocks"], jnp.arange(cfg.depth)),
-      unroll=cfg.unroll,
-    )
+    seen_1x1xL = (jnp.arange(cfg.seq_len) <= i)[None, None]
+    updated = []
+    for l, w in enumerate(layers):
+      x_Bx1xD, cache_k, cache_v = layer(x_Bx1xD, w, *caches[2 * l : 2 * l + 2], i, seen_1x1xL)
+      updated += [cache_k, cache_v]
     x_BxD = model.layer_norm(x_Bx1xD[:, 0], params["final_ln_scale"], params["final_ln_bias"])
     logits_BxV = x_BxD @ params["unembed"] + params["unembed_bias"][None]
     token_B = _choose(logits_BxV, jax.random.fold_in(key, i), temperature)
     logp_B = -model.token_nll(logits_BxV[:, None], token_B[:, None])[:, 0]
-    return (cache_k, cache_v, params["token_embed"][token_B]), (token_B, logp_B)
+    return (tuple(updated), params["token_embed"][token_B]), (token_B, logp_B)
 
-  _, (tokens_LxB, logp_LxB) = jax.lax.scan(position, (*cache, start_BxD), jnp.arange(cfg.seq_len))
+  _, (tokens_LxB, logp_LxB) = jax.lax.scan(position, (caches, start_BxD), jnp.arange(cfg.seq_len))
   return tokens_LxB.T, logp_LxB.T

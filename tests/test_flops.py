@@ -3,10 +3,12 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from projectable import data as data_lib
-from projectable import flops, sharding
+from projectable import flops, model, projector, sharding
+from projectable.model import ModelConfig
 from projectable.modes import make_method
 from projectable.trainer import Trainer
 
@@ -61,3 +63,18 @@ def test_projectable_step_costs_more_than_the_small_models_alone(tiny_config):
   tiny_config.mode, tiny_config.lambda_source = "projectable", 0.0
   without_source = flops.train_step_flops(tiny_config, make_method(tiny_config, data))
   assert without_source < per_mode["source"]
+
+
+@pytest.mark.parametrize("rank,form", [(0, "factored"), (4, "factored"), (4, "full")])
+def test_projection_flops_match_xla_within_10_percent(rank, form):
+  src = ModelConfig(17, 64, 10, d=64, heads=4, mlp_dim=256, depth=3)
+  small = ModelConfig(17, 64, 0, d=16, heads=2, mlp_dim=64, depth=3)
+  cfg = projector.ProjectorConfig(rank, form)
+  source = jax.eval_shape(lambda: model.init_params(src, jax.random.key(0)))
+  proj = jax.eval_shape(lambda: projector.init_projector(src, small, cfg, jax.random.key(0)))
+  tasks = jax.ShapeDtypeStruct((6, 10), jnp.float32)
+  compiled = jax.jit(projector.project_tasks).lower(source, proj, tasks).compile()
+  cost = compiled.cost_analysis()
+  xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  counted = flops.projection_flops(src, small, rank, form, tasks=6)
+  assert abs(counted / xla - 1) < 0.10, (counted, xla)

@@ -81,3 +81,48 @@ def test_factored_projector_is_far_smaller_than_full_bases():
     for form in projector.FORMS
   }
   assert sizes["factored"] * 4 < sizes["full"]
+
+
+def _reference_project(source, proj, task_C):
+  """A_in(t)^T W A_out(t) with every A(t) built in full (docs/method.md's formulas)."""
+  z = projector.task_code(proj, task_C)
+  a = {name: projector.map_for_task(entry, z) for name, entry in proj["maps"].items()}
+  r, qk, vo, m, b = a["residual"], a["attn_qk"], a["attn_vo"], a["mlp"], source["blocks"]
+  sandwich = lambda left, w, right: jnp.einsum("...ia,...ij,...jb->...ab", left, w, right)
+  blocks = {
+    "wq": sandwich(r, b["wq"], qk),
+    "wk": sandwich(r, b["wk"], qk),
+    "wv": sandwich(r, b["wv"], vo),
+    "wo": sandwich(vo, b["wo"], r),
+    "w1": sandwich(r, b["w1"], m),
+    "w2": sandwich(m, b["w2"], r),
+    "b1": jnp.einsum("nf,nfg->ng", b["b1"], m),
+  }
+  for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
+    blocks[name] = b[name] @ r
+  return {
+    "token_embed": source["token_embed"] @ r,
+    "pos_embed": source["pos_embed"] @ r,
+    "start_embed": (task_C @ source["start_embed"] @ r)[None],
+    "blocks": blocks,
+    "final_ln_scale": source["final_ln_scale"] @ r,
+    "final_ln_bias": source["final_ln_bias"] @ r,
+    "unembed": r.T @ source["unembed"],
+    "unembed_bias": source["unembed_bias"],
+  }
+
+
+@pytest.mark.parametrize("rank,form", [(0, "factored"), (3, "factored"), (3, "full")])
+def test_project_tasks_equals_each_task_projected_in_full(rank, form):
+  source = _source_params()
+  proj = _perturbed(
+    projector.init_projector(SRC, SMALL, projector.ProjectorConfig(rank, form), jax.random.key(2))
+  )
+  tasks_MxC = jnp.stack([jax.nn.one_hot(1, 10), jnp.full(10, 0.1), jax.nn.one_hot(7, 10)])
+  together = jax.jit(projector.project_tasks)(source, proj, tasks_MxC)
+  for m, task_C in enumerate(tasks_MxC):
+    expected = _reference_project(source, proj, task_C)
+    alone = projector.project(source, proj, task_C)
+    mine = jax.tree.map(lambda t, m=m: t[m], together)
+    jax.tree.map(lambda t, e: np.testing.assert_allclose(t, e, atol=2e-5), mine, expected)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, atol=2e-5), alone, expected)
