@@ -31,3 +31,19 @@ def test_quick_benchmarks_produce_every_figure(tmp_path):
     assert results[key]["inputs"], key
   assert results["step_compiles"]["value"] == 1
   assert set(results["step_compiles"]["per_mode"].values()) == {1}
+
+
+def test_profile_ranks_the_xla_ops_of_a_traced_call(tmp_path):
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks import profile
+
+  a = jnp.ones((512, 512))
+  matmul = jax.jit(lambda a: (a @ a).sum())
+  matmul(a).block_until_ready()
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    matmul(a).block_until_ready()
+  totals = profile.op_times(str(tmp_path))
+  assert totals and all(not n.startswith("$") and "::" not in n for n in totals)
+  assert any("dot" in name or "fusion" in name for name in totals), totals
