@@ -52,6 +52,7 @@ class Sizes:
   width_sweep: tuple[int, ...]  # Source widths d (heads fixed, mlp_dim = 4d).
   proj_d_sweep: tuple[int, ...]  # Source widths for projection time.
   proj_ds_sweep: tuple[int, ...]  # Small widths for projection time.
+  proj_ds_at_d: int  # Source width of the small-width sweep.
   projectable_steps: int  # Projectable training steps before emitting.
   specialist_cap: int  # Most specialists-mode steps tried to reach the projected bits/dim.
   eval_every: int  # Specialists-mode steps between test evaluations.
@@ -68,6 +69,7 @@ FULL = Sizes(
   width_sweep=(128, 256, 384),
   proj_d_sweep=(128, 256, 512),
   proj_ds_sweep=(32, 64, 128),
+  proj_ds_at_d=256,
   projectable_steps=40,
   specialist_cap=400,
   eval_every=20,
@@ -83,6 +85,7 @@ QUICK = Sizes(
   width_sweep=(32, 128),
   proj_d_sweep=(64, 256),
   proj_ds_sweep=(16, 64),
+  proj_ds_at_d=256,  # At quick's d=64 the timings were dispatch noise (negative exponents).
   projectable_steps=3,
   specialist_cap=6,
   eval_every=3,
@@ -299,7 +302,7 @@ def scaling(sizes: Sizes) -> dict:
       },
       "step_seconds": ys,
     }
-  base_d, base_ds = sizes.source["d"], sizes.small["d"]
+  base_d, base_ds = sizes.proj_ds_at_d, sizes.small["d"]
   for key, sweep in (
     ("projection_scaling_d", sizes.proj_d_sweep),
     ("projection_scaling_ds", sizes.proj_ds_sweep),
@@ -312,7 +315,12 @@ def scaling(sizes: Sizes) -> dict:
     ]
     results[key] = {
       "value": common.power_law_exponent(sweep, ys),
-      "inputs": {"x": list(sweep), "mlp_dim": "4 x width", "rank": 8},
+      "inputs": {
+        "x": list(sweep),
+        "fixed": {"ds": base_ds} if key.endswith("_d") else {"d": base_d},
+        "mlp_dim": "4 x width",
+        "rank": 8,
+      },
       "seconds": ys,
     }
   return results
