@@ -23,6 +23,7 @@ task part is zero, so the projected model is exactly a sub-network of the source
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -161,9 +162,7 @@ def _project(source: dict, maps: dict, z_MxK: jax.Array | None, tasks_MxC: jax.A
     source["blocks"], per_layer, res, z_MxK, m
   )
 
-  def rows(x_NxD: jax.Array) -> jax.Array:  # x R(t) for every task: (M, N, ds).
-    return _right(_tasks(x_NxD @ _columns(res), m), res, z_MxK)
-
+  rows = functools.partial(_rows, entry=res, z_MxK=z_MxK, m=m)
   start_MxD = tasks_MxC @ source["start_embed"]
   start_Mx1xDp = (start_MxD @ _columns(res))[:, None]
   return {
@@ -188,16 +187,21 @@ def _project_layer(w: dict, maps: dict, res: dict, z_MxK: jax.Array | None, m: i
     "wo": _sandwich(vo, w["wo"], res, z_MxK, m),
     "w1": _sandwich(res, w["w1"], mlp, z_MxK, m),
     "w2": _sandwich(mlp, w["w2"], res, z_MxK, m),
-    "b1": _right(_tasks(w["b1"][None] @ _columns(mlp), m), mlp, z_MxK)[:, 0],
+    "b1": _rows(w["b1"][None], mlp, z_MxK, m)[:, 0],
   }
   for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
-    out[name] = _right(_tasks(w[name][None] @ _columns(res), m), res, z_MxK)[:, 0]
+    out[name] = _rows(w[name][None], res, z_MxK, m)[:, 0]
   return out
 
 
 def _columns(entry: dict) -> jax.Array:
   """[A0 | U] (in, out + k): the map's columns shared by every task."""
   return jnp.concatenate([entry["base"], entry["u"]], -1) if "u" in entry else entry["base"]
+
+
+def _rows(x_NxI: jax.Array, entry: dict, z_MxK: jax.Array | None, m: int) -> jax.Array:
+  """x A(t) for every task: (M, N, out)."""
+  return _right(_tasks(x_NxI @ _columns(entry), m), entry, z_MxK)
 
 
 def _tasks(x: jax.Array, m: int) -> jax.Array:

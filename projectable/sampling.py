@@ -119,7 +119,9 @@ def _sample_cached(
     start_BxD = task_BxC @ params["start_embed"]
   # One heads-major cache (B, heads, L, head_dim) per layer: attention reads it without
   # a transpose or a slice, and each step writes one position in place. The layer loop
-  # is unrolled over per-layer weights split once outside the position loop.
+  # is unrolled over per-layer weights split once outside the position loop. The layer
+  # math is written for one query (no length axis): routing it through model.attention's
+  # (B, H, L, K) einsums with L=1 measured 1.6x slower at batch 1 on CPU.
   cache_shape = (num, cfg.heads, cfg.seq_len, cfg.head_dim)
   caches = tuple(jnp.zeros(cache_shape, jnp.float32) for _ in range(2 * cfg.depth))
   layers = [jax.tree.map(lambda x, l=l: x[l], params["blocks"]) for l in range(cfg.depth)]
