@@ -369,8 +369,13 @@ class ProjectableMethod(Method):
   def task_nll(self, params, tokens_NxL, task_id, task_C):
     small = self.specialist(params, task_id, task_C)
     projected = model.token_nll(model.apply(self.small, small, tokens_NxL), tokens_NxL)
-    source = conditional_nll(self.src, params["source"], tokens_NxL[None], task_C[None], None)
-    return {"main": projected.mean(-1), "source": source[0].mean(-1)}
+    scores = {"main": projected.mean(-1)}
+    # The source is scored only where it learns its own objective: frozen or trained only
+    # through the projections (λ = 0) its NLL is not a result, and costs more than the rest.
+    if self.uses_source_loss:
+      source = conditional_nll(self.src, params["source"], tokens_NxL[None], task_C[None], None)
+      scores["source"] = source[0].mean(-1)
+    return scores
 
   def num_params(self, params):
     small = jax.eval_shape(lambda: model.init_params(self.small, jax.random.key(0)))

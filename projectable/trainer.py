@@ -143,7 +143,7 @@ class Trainer:
   def evaluate(
     self, params: dict, data: data_lib.TaskData, split: data_lib.Split
   ) -> dict[str, dict[str, float]]:
-    """Bits/dim per task of every scored model ('main', and 'source' in projectable mode)."""
+    """Bits/dim per task of every scored model ('main'; 'source' where projectable trains it)."""
     # numpy, replicated: valid jit inputs also when the mesh spans several processes.
     task_ids = np.arange(data.num_tasks, dtype=np.int32)
     tasks = np.asarray(data.task_descriptors())

@@ -60,6 +60,23 @@ def test_projectable_loss_is_projected_plus_lambda_source(tiny_config):
   np.testing.assert_allclose(with_source[0] - without[0], np.log(17), rtol=0.05)
 
 
+@pytest.mark.parametrize(
+  ("lambda_source", "freeze", "scored"),
+  [(1.0, False, {"main", "source"}), (0.0, False, {"main"}), (1.0, True, {"main"})],
+)
+def test_projectable_scores_the_source_only_where_it_learns_its_own_nll(
+  tiny_config, lambda_source, freeze, scored
+):
+  tiny_config.lambda_source, tiny_config.train.freeze_source = lambda_source, freeze
+  data = data_lib.load(tiny_config.data)
+  mesh = sharding.make_mesh(tiny_config.mesh)
+  with jax.set_mesh(mesh):
+    trainer = Trainer(tiny_config, make_method(tiny_config, data), mesh)
+    val = trainer.evaluate(trainer.init_state(jax.random.key(0))["params"], data, data.val)
+  assert set(val) == scored
+  assert all(np.isfinite(v["mean"]) and len(v["per_task"]) == 10 for v in val.values())
+
+
 def test_golden_first_steps(tiny_config):
   _, _, losses = _run_steps(tiny_config, 2)
   np.testing.assert_allclose(losses, GOLDEN_PROJECTABLE_LOSSES, rtol=1e-5)
