@@ -21,7 +21,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
 flags.DEFINE_enum("budget", "steps", ["steps", "flops"], "What is matched across methods.")
-flags.DEFINE_list("methods", list(compare.METHODS), "Methods to run.")
+flags.DEFINE_list(
+  "methods", list(compare.DEFAULT_METHODS), f"Methods to run, of {', '.join(compare.METHODS)}."
+)
 flags.DEFINE_float(
   "distill_weight",
   compare.DISTILL_WEIGHT,

@@ -3,6 +3,8 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
   python launch/frontier.py --config=configs/digits.py --workdir=DIR
   python launch/frontier.py --config=configs/digits.py --workdir=DIR \
       --budgets=1/8,1/4,1/2,1,2 --seeds=0 --top_seeds=0,1,2
+  python launch/frontier.py --config=configs/digits.py --workdir=DIR \
+      --source_workdir=SOURCE_RUN   # amortised: every method builds on one trained source
 
 Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
 steps; see projectable/frontier.py for the steps each method gets and how
@@ -31,12 +33,24 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("seeds", ["0"], "Seeds at every budget but the largest.")
 flags.DEFINE_list("top_seeds", ["0", "1", "2"], "Seeds at the largest budget.")
-flags.DEFINE_list("methods", list(frontier.METHODS), "Methods to run.")
+flags.DEFINE_list(
+  "methods",
+  None,
+  f"Methods to run, of {', '.join(frontier.METHODS)}. Default: "
+  f"{', '.join(frontier.DEFAULT_METHODS)}; with --source_workdir, "
+  f"{', '.join(compare.FROM_SOURCE)}.",
+)
+flags.DEFINE_string(
+  "source_workdir",
+  "",
+  "Amortised frontier: a finished source run that every method built on a source uses; "
+  "budgets then count their own training only.",
+)
 flags.DEFINE_float(
   "source_share",
   0.5,
-  "Share of the budget of weight_selection_ft and the *_distill methods spent training "
-  "their source.",
+  "Share of the budget of the methods built on a source spent training it (without "
+  "--source_workdir).",
 )
 flags.DEFINE_float(
   "distill_weight",
@@ -54,16 +68,18 @@ def main(argv: list[str]) -> None:
     budgets = [float(fractions.Fraction(b)) for b in FLAGS.budgets]
   except ValueError as e:
     raise app.UsageError(f"--budgets={','.join(FLAGS.budgets)}: {e}") from None
+  default_methods = compare.FROM_SOURCE if FLAGS.source_workdir else frontier.DEFAULT_METHODS
   result = frontier.frontier(
     FLAGS.config,
     FLAGS.workdir,
     budgets,
     seeds=[int(s) for s in FLAGS.seeds],
     top_seeds=[int(s) for s in FLAGS.top_seeds],
-    methods=tuple(FLAGS.methods),
+    methods=tuple(FLAGS.methods or default_methods),
     source_share=FLAGS.source_share,
     command=shlex.join(["python", *sys.argv]),
     distill_weight=FLAGS.distill_weight,
+    source_workdir=FLAGS.source_workdir,
   )
   print(frontier.markdown(result))
 

@@ -10,7 +10,9 @@ skipped when finished) on a rerun. Budgets (``budget``):
 
 ``weight_selection`` is the fixed selection of the trained ``source`` run,
 evaluated as is; ``weight_selection_ft`` fine-tunes it per task with the
-specialists' budget (its FLOPs include the source's pretraining).
+specialists' budget (its FLOPs include the source's pretraining);
+``projectable_tuned`` and ``projectable_frozen`` train projectors on that source,
+tuning it through the projections or keeping it fixed (the amortised setting).
 ``universal_distill`` and ``specialists_distill`` train those small models from
 scratch with that source as their frozen teacher (``config.distill``, alpha =
 ``distill_weight``), charged alike: their own steps (teacher forwards included)
@@ -20,6 +22,7 @@ plus the source's pretraining.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -34,9 +37,21 @@ from projectable.trainer import Trainer
 
 TRAINED = ("source", "projectable", "universal", "specialists")
 # Methods trained from the seed's trained ``source`` run: warm-started, or distilled from it.
-FROM_SOURCE = ("weight_selection_ft", "universal_distill", "specialists_distill")
+PROJECTORS_ON_SOURCE = ("projectable_tuned", "projectable_frozen")
+FROM_SOURCE = (
+  *PROJECTORS_ON_SOURCE,
+  "weight_selection_ft",
+  "universal_distill",
+  "specialists_distill",
+)
+# Of those, the ones that start from the source's weights (the rest distill from it).
+_WARM_STARTED = (*PROJECTORS_ON_SOURCE, "weight_selection_ft")
 METHODS = (*TRAINED, "weight_selection", *FROM_SOURCE)
+# What a comparison runs unless told: every method but the projectors on a trained source.
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in PROJECTORS_ON_SOURCE)
 _MODES = {
+  "projectable_tuned": "projectable",
+  "projectable_frozen": "projectable",
   "weight_selection_ft": "specialists",
   "universal_distill": "universal",
   "specialists_distill": "specialists",
@@ -50,8 +65,13 @@ def scaled(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.
   config = config.copy_and_resolve_references()
   ratio = num_steps / config.train.num_steps
   train_cfg = config.train
-  train_cfg.eval_every = max(1, round(train_cfg.eval_every * ratio))
-  train_cfg.checkpoint_every = max(1, round(train_cfg.checkpoint_every * ratio))
+
+  def period(every: int) -> int:
+    """As many evaluations (or saves) as before, the last one on the last step."""
+    return math.ceil(num_steps / max(1, round(train_cfg.num_steps / every)))
+
+  train_cfg.eval_every = period(train_cfg.eval_every)
+  train_cfg.checkpoint_every = period(train_cfg.checkpoint_every)
   train_cfg.warmup_steps = min(round(train_cfg.warmup_steps * ratio), num_steps - 1)
   train_cfg.num_steps = num_steps
   return config
@@ -63,12 +83,15 @@ def mode_config(
   source_workdir: str,
   distill_weight: float = DISTILL_WEIGHT,
 ) -> ml_collections.ConfigDict:
-  """``base`` training ``method``; the ``FROM_SOURCE`` methods start from (weight_selection_ft)
-  or distill from (*_distill, alpha = ``distill_weight``) the source in ``source_workdir``."""
+  """``base`` training ``method``; the ``FROM_SOURCE`` methods start from (projectable_*,
+  weight_selection_ft) or distill from (*_distill, alpha = ``distill_weight``) the source
+  in ``source_workdir``; projectable_frozen keeps it fixed."""
   config = base.copy_and_resolve_references()
   config.mode = _MODES.get(method, method)
-  if method == "weight_selection_ft":
+  if method in _WARM_STARTED:
     config.init.source_workdir = source_workdir
+    if method == "projectable_frozen":
+      config.train.freeze_source = True
   elif method in FROM_SOURCE:
     config.distill.weight = distill_weight
     config.distill.teacher_workdir = source_workdir
@@ -168,7 +191,7 @@ def compare(
   workdir: str,
   seeds: list[int],
   budget: str,
-  methods: tuple[str, ...] = METHODS,
+  methods: tuple[str, ...] = DEFAULT_METHODS,
   distill_weight: float = DISTILL_WEIGHT,
 ) -> dict:
   """Runs ``methods`` for each seed under ``budget``; writes comparison.{json,md,png}."""

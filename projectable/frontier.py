@@ -21,6 +21,11 @@ is all the compute behind it; ``source_flops`` is reported apart, for the
 amortised view where one source serves many task sets (own training alone =
 train_flops - source_flops). Their ``wall_s`` likewise adds the source's.
 
+The amortised frontier (``source_workdir``): one source, trained elsewhere, serves
+every point; the FROM_SOURCE methods (projectors on it, tuned through the
+projections or frozen; fine-tuned weight selection; distillation from it) spend
+each whole budget on their own training, and the source's cost is reported apart.
+
 Budgets get ``seeds``, the largest ``top_seeds``. Each point lives in
 ``DIR/<method>_b<multiple>_seed<s>/`` and resumes, or is reused when finished
 (``compare.run_method``). Writes DIR/frontier.{json,md,png}.
@@ -37,10 +42,12 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from projectable import compare
+from projectable import compare, warmstart
 from projectable import data as data_lib
 
 METHODS = ("projectable", "universal", "specialists", "source", *compare.FROM_SOURCE)
+# What a from-scratch frontier runs unless told: every method but the projectors on a source.
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in compare.PROJECTORS_ON_SOURCE)
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
@@ -57,53 +64,6 @@ class Point:
   source: Point | None = None  # compare.FROM_SOURCE methods: the source point they build on.
 
 
-def _point(
-  base: ml_collections.ConfigDict,
-  data: data_lib.TaskData,
-  reference: float,
-  workdir: str,
-  method: str,
-  budget: float,
-  seed: int,
-  source_share: float,
-  distill_weight: float,
-) -> Point:
-  """The run of ``method`` at ``budget``; raises if the budget buys less than one step."""
-  seeded = base.copy_and_resolve_references()
-  seeded.seed = seed
-  source, share = None, 1.0
-  if method in compare.FROM_SOURCE:
-    try:
-      source = _point(
-        base, data, reference, workdir, "source", budget * source_share, seed, 0, distill_weight
-      )
-    except ValueError as e:
-      raise ValueError(
-        f"{method} at budget {budget:g} spends {source_share:g} of it on its source: {e}"
-      ) from None
-    share = 1 - source_share
-  config = compare.mode_config(seeded, method, source.workdir if source else "", distill_weight)
-  per_step = compare.step_flops(config, data)
-  available = share * budget * reference
-  if available < per_step:
-    what = f"budget {budget:g} x reference = {budget * reference:.4g} FLOPs"
-    if source:
-      what = f"the fine-tuning share {share:g} of {what} ({available:.4g} FLOPs)"
-    raise ValueError(
-      f"{what} buys less than one training step of {method} ({per_step:.4g} FLOPs per "
-      f"step); the reference is {base.train.num_steps} projectable steps = {reference:.4g} FLOPs"
-    )
-  return Point(
-    method,
-    budget,
-    budget * reference,
-    seed,
-    compare.scaled(config, round(available / per_step)),
-    os.path.join(workdir, f"{method}_b{budget:g}_seed{seed}"),
-    source,
-  )
-
-
 def plan(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -113,8 +73,13 @@ def plan(
   methods: Sequence[str],
   source_share: float,
   distill_weight: float = compare.DISTILL_WEIGHT,
+  source_workdir: str = "",
 ) -> tuple[float, list[Point]]:
-  """(reference FLOPs, every point cheapest budget first); validates all before any training."""
+  """(reference FLOPs, every point cheapest budget first); validates all before any training.
+
+  With ``source_workdir`` (a finished source run) the ``compare.FROM_SOURCE`` methods all
+  build on that source and spend their whole budget on their own training.
+  """
   unknown = set(methods) - set(METHODS)
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
@@ -124,13 +89,63 @@ def plan(
     raise ValueError(f"source_share must lie strictly between 0 and 1, got {source_share}")
   data = data_lib.load(config.data)
   reference = compare.reference_flops(config, data)
+
+  def point(method: str, budget: float, seed: int) -> Point:
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    source, share, source_dir = None, 1.0, source_workdir
+    if method in compare.FROM_SOURCE and not source_workdir:
+      try:
+        source = point("source", budget * source_share, seed)
+      except ValueError as e:
+        raise ValueError(
+          f"{method} at budget {budget:g} spends {source_share:g} of it on its source: {e}"
+        ) from None
+      share, source_dir = 1 - source_share, source.workdir
+    run_config = compare.mode_config(seeded, method, source_dir, distill_weight)
+    per_step = compare.step_flops(run_config, data)
+    available = share * budget * reference
+    if available < per_step:
+      what = f"budget {budget:g} x reference = {budget * reference:.4g} FLOPs"
+      if source:
+        what = f"the fine-tuning share {share:g} of {what} ({available:.4g} FLOPs)"
+      raise ValueError(
+        f"{what} buys less than one training step of {method} ({per_step:.4g} FLOPs per "
+        f"step); the reference is {config.train.num_steps} projectable steps = "
+        f"{reference:.4g} FLOPs"
+      )
+    return Point(
+      method,
+      budget,
+      budget * reference,
+      seed,
+      compare.scaled(run_config, round(available / per_step)),
+      os.path.join(workdir, f"{method}_b{budget:g}_seed{seed}"),
+      source,
+    )
+
+  if source_workdir:
+    _check_trained_source(config, source_workdir, methods)
   ladder = sorted(set(budgets))
   return reference, [
-    _point(config, data, reference, workdir, method, budget, seed, source_share, distill_weight)
+    point(method, budget, seed)
     for budget in ladder
     for seed in (top_seeds if budget == ladder[-1] else seeds)
     for method in methods
   ]
+
+
+def _check_trained_source(
+  config: ml_collections.ConfigDict, workdir: str, methods: Sequence[str]
+) -> None:
+  """Raises unless ``workdir`` holds a finished source run that ``config`` can build on."""
+  if not os.path.exists(os.path.join(workdir, "eval", "metrics.json")):
+    raise FileNotFoundError(
+      f"source_workdir={workdir!r} holds no finished run (no eval/metrics.json): train a "
+      "source there first (launch/train.py --config.mode=source) or fix the path"
+    )
+  for method in set(methods) & set(compare.FROM_SOURCE):
+    warmstart.check_sources(compare.mode_config(config, method, workdir))
 
 
 def _record(point: Point, metrics: dict, source: dict | None) -> dict:
@@ -160,14 +175,26 @@ def frontier(
   budgets: Sequence[float] = DEFAULT_BUDGETS,
   seeds: Sequence[int] = (0,),
   top_seeds: Sequence[int] = (0, 1, 2),
-  methods: Sequence[str] = METHODS,
+  methods: Sequence[str] = DEFAULT_METHODS,
   source_share: float = 0.5,
   command: str = "",
   distill_weight: float = compare.DISTILL_WEIGHT,
+  source_workdir: str = "",
 ) -> dict:
-  """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json."""
+  """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json.
+
+  With ``source_workdir`` this is the amortised frontier (see ``plan``).
+  """
   reference, points = plan(
-    config, workdir, budgets, seeds, top_seeds, methods, source_share, distill_weight
+    config,
+    workdir,
+    budgets,
+    seeds,
+    top_seeds,
+    methods,
+    source_share,
+    distill_weight,
+    source_workdir,
   )
   records = []
   for point in points:
@@ -185,6 +212,15 @@ def frontier(
     "distill_weight": distill_weight,
     "points": records,
   }
+  if source_workdir:
+    with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
+      trained = json.load(f)
+    result["trained_source"] = {
+      "workdir": os.path.abspath(source_workdir),
+      "train_flops": trained["train_flops"],
+      "steps": trained["final_step"]["step"],
+      "bits_per_dim": trained["bits_per_dim"]["mean"],
+    }
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "frontier.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -222,13 +258,27 @@ def markdown(result: dict) -> str:
   budgets = sorted({p["budget"]: p["budget_flops"] for p in result["points"]}.items())
   header = "| method | " + " | ".join(f"{b:g}x ({f:.3g} FLOPs)" for b, f in budgets) + " |"
   rule = "|---" * (len(budgets) + 1) + "|"
+  budgets_are = (
+    f"Budgets are multiples of {result['reference_steps']} projectable steps "
+    f"({result['reference_flops']:.4g} FLOPs)."
+  )
+  on_source = sorted({p["method"] for p in result["points"]} & set(compare.FROM_SOURCE))
+  if "trained_source" in result:
+    src = result["trained_source"]
+    about = (
+      f"Amortised: {', '.join(on_source) or 'no method'} build on the source trained in "
+      f"{src['workdir']} ({src['steps']} steps, {src['train_flops']:.4g} FLOPs, test "
+      f"{src['bits_per_dim']:.4f} bits/dim), reported apart: budgets count own training only."
+    )
+  else:
+    about = (
+      f"{', '.join(on_source) or 'No method'} spend {result['source_share']:g} of each budget "
+      "on their source and the rest on their own training."
+    )
   lines = [
     f"# {result['dataset']}: test bits/dim against training FLOPs",
     "",
-    f"Budgets are multiples of {result['reference_steps']} projectable steps "
-    f"({result['reference_flops']:.4g} FLOPs). {', '.join(compare.FROM_SOURCE)} spend "
-    f"{result['source_share']:g} of each budget on their source and the rest on fine-tuning "
-    f"or distillation (alpha = {result['distill_weight']:g}).",
+    f"{budgets_are} {about} Distillation alpha = {result['distill_weight']:g}.",
   ]
   if result["command"]:
     lines += ["", "```", result["command"], "```"]
@@ -258,7 +308,8 @@ def plot(result: dict, path: str) -> None:
       label=method,
     )
   ax.set_xscale("log")
-  ax.set_xlabel("training FLOPs")
+  amortised = "trained_source" in result
+  ax.set_xlabel("own training FLOPs (source apart)" if amortised else "training FLOPs")
   ax.set_ylabel("test bits/dim")
   ax.set_title(f"{result['dataset']}: test bits/dim against training FLOPs")
   ax.grid(alpha=0.3, which="both")

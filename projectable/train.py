@@ -218,17 +218,21 @@ def _finish(config, data, trainer: Trainer, ckpts, state, workdir: str) -> dict:
   best = ckpts.best_metrics()
   params = ckpts.restore_best_params(trainer.abstract_state["params"])
   step_flops = flops.train_step_flops(config, trainer.method)
-  final_test = trainer.evaluate(state["params"], data, data.test)
+  final_step = int(state["step"])
+  if best["step"] == final_step:  # The best weights are the final ones: already scored.
+    final_test = best["test_bits_per_dim"]
+  else:
+    final_test = trainer.evaluate(state["params"], data, data.test)["main"]
   metrics = {
     "mode": config.mode,
     "dataset": data.name,
     "step": best["step"],
     "bits_per_dim": best["test_bits_per_dim"],
     "val_bits_per_dim": best["val_bits_per_dim"],
-    "final_step": {"step": int(state["step"]), "bits_per_dim": final_test["main"]},
+    "final_step": {"step": final_step, "bits_per_dim": final_test},
     "num_params": trainer.method.num_params(params),
     # Compute spent by the whole run (every step was needed to pick the best), and per step.
-    "train_flops": int(state["step"]) * step_flops,
+    "train_flops": final_step * step_flops,
     "train_flops_per_step": step_flops,
   }
   for name, bpd in best["extra_test_bits_per_dim"].items():

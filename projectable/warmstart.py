@@ -42,10 +42,22 @@ def load_teacher(config: ml_collections.ConfigDict, data: TaskData) -> dict:
   return _best_source(config, data, "distill.teacher_workdir")
 
 
-def _best_source(config: ml_collections.ConfigDict, data: TaskData, field: str) -> dict:
-  """The best source weights of the run that ``config.<field>`` names."""
+def check_sources(config: ml_collections.ConfigDict) -> None:
+  """Raises unless every source run that ``config`` builds on exists and matches it."""
+  for field in ("init.source_workdir", "distill.teacher_workdir"):
+    if _named_workdir(config, field):
+      _source_config(config, field)
+
+
+def _named_workdir(config: ml_collections.ConfigDict, field: str) -> str:
+  """``config.<field>``, a dotted path such as ``init.source_workdir``."""
   section, name = field.split(".")
-  workdir = config[section][name]
+  return config[section][name]
+
+
+def _source_config(config: ml_collections.ConfigDict, field: str) -> ml_collections.ConfigDict:
+  """The config of the run that ``config.<field>`` names, checked against ``config``."""
+  workdir = _named_workdir(config, field)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -67,6 +79,13 @@ def _best_source(config: ml_collections.ConfigDict, data: TaskData, field: str) 
       )
   if src_config.data.to_dict() != config.data.to_dict():
     raise ValueError(f"config.data differs from the data of the source in {workdir!r}")
+  return src_config
+
+
+def _best_source(config: ml_collections.ConfigDict, data: TaskData, field: str) -> dict:
+  """The best source weights of the run that ``config.<field>`` names."""
+  workdir = _named_workdir(config, field)
+  src_config = _source_config(config, field)
   method = make_method(src_config, data)
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(src_config, method, mesh)

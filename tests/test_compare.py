@@ -11,7 +11,7 @@ from projectable import compare
 
 def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  result = compare.compare(tiny_config, workdir, seeds=[0], budget="flops")
+  result = compare.compare(tiny_config, workdir, [0], "flops", methods=compare.METHODS)
   assert set(result["methods"]) == set(compare.METHODS)
   with open(os.path.join(workdir, "comparison.json")) as f:
     on_disk = json.load(f)
@@ -46,3 +46,12 @@ def test_unknown_method_or_budget_raises(tiny_config, tmp_path):
     compare.compare(tiny_config, str(tmp_path), [0], "steps", methods=("magic",))
   with pytest.raises(ValueError, match="budget"):
     compare.compare(tiny_config, str(tmp_path), [0], "time")
+
+
+@pytest.mark.parametrize("num_steps", [2, 38, 79, 600, 1000])
+def test_scaled_runs_keep_their_number_of_evaluations(tiny_config, num_steps):
+  tiny_config.train.num_steps, tiny_config.train.eval_every = 600, 200  # 3 evaluations.
+  train = compare.scaled(tiny_config, num_steps).train
+  assert train.num_steps == num_steps and 0 <= train.warmup_steps < num_steps
+  evals = [s for s in range(1, num_steps + 1) if s % train.eval_every == 0 or s == num_steps]
+  assert len(evals) == min(3, num_steps) and evals[-1] == num_steps

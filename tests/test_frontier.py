@@ -44,25 +44,30 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
   monkeypatch.setattr(compare.train, "train_and_evaluate", fake)
   workdir, budgets = str(tmp_path), (0.25, 0.5, 1.0)
   result = frontier.frontier(
-    tiny_config, workdir, budgets, seeds=[0], top_seeds=[0, 1], command="python launch/frontier.py"
+    tiny_config,
+    workdir,
+    budgets,
+    seeds=[0],
+    top_seeds=[0, 1],
+    command="python launch/frontier.py",
   )
   with open(os.path.join(workdir, "frontier.json")) as f:
     on_disk = json.load(f)
   assert on_disk == result
   seeds = {(p["method"], p["budget"], p["seed"]) for p in on_disk["points"]}
-  assert seeds == {(m, b, 0) for m in frontier.METHODS for b in budgets} | {
-    (m, 1.0, 1) for m in frontier.METHODS
+  assert seeds == {(m, b, 0) for m in frontier.DEFAULT_METHODS for b in budgets} | {
+    (m, 1.0, 1) for m in frontier.DEFAULT_METHODS
   }
   points = {(p["method"], p["budget"]): p for p in on_disk["points"] if p["seed"] == 0}
   one_step = on_disk["reference_flops"] / tiny_config.train.num_steps  # The costliest step here.
   for (method, budget), p in points.items():
     assert abs(p["train_flops"] - p["budget_flops"]) <= one_step, (method, budget)
-  for method in frontier.METHODS:
+  for method in frontier.DEFAULT_METHODS:
     steps = [points[(method, b)]["steps"] for b in budgets]
     assert steps == sorted(set(steps)), (method, steps)
   # The methods built on a source at budget 1 start from the source point at budget 1/2 and pay
   # for it; that source was trained once, and the one at 1/8 only for them.
-  for method in compare.FROM_SOURCE:
+  for method in set(compare.FROM_SOURCE) & set(frontier.DEFAULT_METHODS):
     built = points[(method, 1.0)]
     assert built["source_workdir"] == "source_b0.5_seed0"
     assert built["source_flops"] == points[("source", 0.5)]["train_flops"]
@@ -70,14 +75,20 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
   assert fake.trained.count("source_b0.5_seed0") == 1 and "source_b0.125_seed0" in fake.trained
   with open(os.path.join(workdir, "frontier.md")) as f:
     table = f.read()
-  assert all(f"| {m} |" in table for m in frontier.METHODS)
+  assert all(f"| {m} |" in table for m in frontier.DEFAULT_METHODS)
   assert "(2 seeds)" in table and "python launch/frontier.py" in table
   with Image.open(os.path.join(workdir, "frontier.png")) as image:
     assert image.format == "PNG"
 
   monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
   again = frontier.frontier(
-    tiny_config, workdir, budgets, [0], [0, 1], command="python launch/frontier.py"
+    tiny_config,
+    workdir,
+    budgets,
+    [0],
+    [0, 1],
+    frontier.DEFAULT_METHODS,
+    command="python launch/frontier.py",
   )
   assert again == result
 
@@ -156,3 +167,70 @@ def test_markdown_shows_seed_spread_and_source_steps():
   assert "| weight_selection_ft | 1.5000 |" in table
   assert "| weight_selection_ft | 3 + 5 |" in table
   assert result["command"] in table
+
+
+def test_amortised_frontier_builds_every_method_on_the_given_source(
+  tiny_config, source_workdir, tmp_path, monkeypatch
+):
+  fake = _FakeTraining(tiny_config)
+  monkeypatch.setattr(compare.train, "train_and_evaluate", fake)
+  budgets = (0.5, 1.0)
+  result = frontier.frontier(
+    tiny_config,
+    str(tmp_path),
+    budgets,
+    [0],
+    [0],
+    compare.FROM_SOURCE,
+    source_workdir=source_workdir,
+  )
+  # No source trained here: every point is the method's own training, the whole budget.
+  assert sorted(fake.trained) == sorted(
+    f"{m}_b{b:g}_seed0" for m in compare.FROM_SOURCE for b in budgets
+  )
+  one_step = result["reference_flops"] / tiny_config.train.num_steps
+  for p in result["points"]:
+    assert "source_flops" not in p and abs(p["train_flops"] - p["budget_flops"]) <= one_step
+  with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
+    trained = json.load(f)
+  assert result["trained_source"]["train_flops"] == trained["train_flops"]
+  assert "Amortised" in frontier.markdown(result)
+  _, points = frontier.plan(
+    tiny_config,
+    str(tmp_path),
+    (1.0,),
+    [0],
+    [0],
+    compare.FROM_SOURCE,
+    0.5,
+    source_workdir=source_workdir,
+  )
+  by_method = {p.method: p.config for p in points}
+  for method in ("projectable_tuned", "projectable_frozen", "weight_selection_ft"):
+    assert by_method[method].init.source_workdir == source_workdir
+  assert by_method["projectable_frozen"].train.freeze_source
+  assert not by_method["projectable_tuned"].train.freeze_source
+  assert by_method["universal_distill"].distill.teacher_workdir == source_workdir
+
+
+def test_amortised_frontier_checks_its_source_before_any_training(
+  tiny_config, source_workdir, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  workdir = str(tmp_path / "frontier")
+  with pytest.raises(FileNotFoundError, match="holds no finished run"):
+    frontier.frontier(
+      tiny_config, workdir, (1.0,), [0], [0], source_workdir=str(tmp_path / "missing")
+    )
+  tiny_config.model.d *= 2
+  with pytest.raises(ValueError, match=r"config\.model\.d=.* use the same source architecture"):
+    frontier.frontier(
+      tiny_config,
+      workdir,
+      (1.0,),
+      [0],
+      [0],
+      ("weight_selection_ft",),
+      source_workdir=source_workdir,
+    )
+  assert not os.path.exists(workdir)
