@@ -57,6 +57,11 @@ flags.DEFINE_float(
   compare.DISTILL_WEIGHT,
   "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
 )
+flags.DEFINE_bool(
+  "report_only",
+  False,
+  "Train nothing: report the finished points, list the others as missing.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -80,6 +85,7 @@ def main(argv: list[str]) -> None:
     command=shlex.join(["python", *sys.argv]),
     distill_weight=FLAGS.distill_weight,
     source_workdir=FLAGS.source_workdir,
+    train=not FLAGS.report_only,
   )
   print(frontier.markdown(result))
 

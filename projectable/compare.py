@@ -124,8 +124,8 @@ def method_config(
   return scaled(config, steps)
 
 
-def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes, or reuses) one run; its metrics plus wall time."""
+def finished_metrics(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The metrics plus wall time of the run in ``workdir`` if it finished ``config``'s steps."""
   done = os.path.join(workdir, "eval", "metrics.json")
   wall_path = os.path.join(workdir, "wall_s.json")
   if os.path.exists(done) and os.path.exists(wall_path):
@@ -133,10 +133,18 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
       metrics = json.load(f)
       if metrics["final_step"]["step"] == config.train.num_steps:
         return {**metrics, "wall_s": json.load(g)["wall_s"]}
+  return None
+
+
+def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes, or reuses) one run; its metrics plus wall time."""
+  finished = finished_metrics(config, workdir)
+  if finished is not None:
+    return finished
   start = time.time()
   metrics = train.train_and_evaluate(config, workdir)
   wall_s = time.time() - start
-  with open(wall_path, "w") as f:
+  with open(os.path.join(workdir, "wall_s.json"), "w") as f:
     json.dump({"wall_s": wall_s}, f)
   return {**json.loads(json.dumps(metrics)), "wall_s": wall_s}
 

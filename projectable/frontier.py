@@ -180,10 +180,13 @@ def frontier(
   command: str = "",
   distill_weight: float = compare.DISTILL_WEIGHT,
   source_workdir: str = "",
+  train: bool = True,
 ) -> dict:
   """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json.
 
-  With ``source_workdir`` this is the amortised frontier (see ``plan``).
+  With ``source_workdir`` this is the amortised frontier (see ``plan``). With
+  ``train=False`` nothing trains: the report holds the finished points and lists the
+  others under ``missing`` (a look at a frontier still running elsewhere).
   """
   reference, points = plan(
     config,
@@ -196,8 +199,12 @@ def frontier(
     distill_weight,
     source_workdir,
   )
-  records = []
+  records, missing = [], []
   for point in points:
+    runs = [p for p in (point.source, point) if p is not None]
+    if not train and any(compare.finished_metrics(p.config, p.workdir) is None for p in runs):
+      missing.append(os.path.basename(point.workdir))
+      continue
     source = None
     if point.source is not None:
       source = compare.run_method(point.source.config, point.source.workdir)
@@ -211,6 +218,7 @@ def frontier(
     "source_share": source_share,
     "distill_weight": distill_weight,
     "points": records,
+    "missing": missing,
   }
   if source_workdir:
     with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
@@ -282,6 +290,8 @@ def markdown(result: dict) -> str:
   ]
   if result["command"]:
     lines += ["", "```", result["command"], "```"]
+  if result.get("missing"):
+    lines += ["", f"Not finished, left out: {', '.join(result['missing'])}."]
   for title, cell in (
     ("Test bits/dim (mean ± std over seeds)", _bits_cell),
     ("Steps (methods built on a source: source + own)", _steps_cell),

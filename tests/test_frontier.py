@@ -234,3 +234,16 @@ def test_amortised_frontier_checks_its_source_before_any_training(
       source_workdir=source_workdir,
     )
   assert not os.path.exists(workdir)
+
+
+def test_report_only_trains_nothing_and_lists_unfinished_points(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(compare.train, "train_and_evaluate", _FakeTraining(tiny_config))
+  methods = ("universal", "weight_selection_ft")
+  frontier.frontier(tiny_config, str(tmp_path), (0.5,), [0], [0], methods)
+  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  result = frontier.frontier(tiny_config, str(tmp_path), (0.5, 1.0), [0], [0], methods, train=False)
+  assert {(p["method"], p["budget"]) for p in result["points"]} == {(m, 0.5) for m in methods}
+  # weight_selection_ft at 1 would build on the source at 1/2 (finished): still missing.
+  assert result["missing"] == [f"{m}_b1_seed0" for m in methods]
+  with open(os.path.join(tmp_path, "frontier.md")) as f:
+    assert "Not finished, left out: universal_b1_seed0, weight_selection_ft_b1_seed0." in f.read()
