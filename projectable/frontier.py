@@ -260,12 +260,8 @@ def _steps_cell(runs: list[dict]) -> str:
   return f"{run['source_steps']} + {run['steps']}" if "source_steps" in run else str(run["steps"])
 
 
-def markdown(result: dict) -> str:
-  """Tables a person reads: test bits/dim and steps, rows methods, columns budgets."""
-  groups = _grouped(result["points"])
-  budgets = sorted({p["budget"]: p["budget_flops"] for p in result["points"]}.items())
-  header = "| method | " + " | ".join(f"{b:g}x ({f:.3g} FLOPs)" for b, f in budgets) + " |"
-  rule = "|---" * (len(budgets) + 1) + "|"
+def _preamble(result: dict) -> str:
+  """What the budgets are and how the methods built on a source pay for it."""
   budgets_are = (
     f"Budgets are multiples of {result['reference_steps']} projectable steps "
     f"({result['reference_flops']:.4g} FLOPs)."
@@ -278,15 +274,29 @@ def markdown(result: dict) -> str:
       f"{src['workdir']} ({src['steps']} steps, {src['train_flops']:.4g} FLOPs, test "
       f"{src['bits_per_dim']:.4f} bits/dim), reported apart: budgets count own training only."
     )
-  else:
+  elif on_source:
     about = (
-      f"{', '.join(on_source) or 'No method'} spend {result['source_share']:g} of each budget "
-      "on their source and the rest on their own training."
+      f"{', '.join(on_source)} spend {result['source_share']:g} of each budget on their "
+      "source and the rest on their own training."
     )
+  else:
+    about = ""
+  distilled = ""
+  if any(m.endswith("_distill") for m in on_source):
+    distilled = f"Distillation alpha = {result['distill_weight']:g}."
+  return " ".join(filter(None, (budgets_are, about, distilled)))
+
+
+def markdown(result: dict) -> str:
+  """Tables a person reads: test bits/dim and steps, rows methods, columns budgets."""
+  groups = _grouped(result["points"])
+  budgets = sorted({p["budget"]: p["budget_flops"] for p in result["points"]}.items())
+  header = "| method | " + " | ".join(f"{b:g}x ({f:.3g} FLOPs)" for b, f in budgets) + " |"
+  rule = "|---" * (len(budgets) + 1) + "|"
   lines = [
     f"# {result['dataset']}: test bits/dim against training FLOPs",
     "",
-    f"{budgets_are} {about} Distillation alpha = {result['distill_weight']:g}.",
+    _preamble(result),
   ]
   if result["command"]:
     lines += ["", "```", result["command"], "```"]
