@@ -83,9 +83,11 @@ QUICK = Sizes(
   batch_sweep=(2, 16),
   seq_sweep=(16, 64),
   width_sweep=(32, 128),
-  proj_d_sweep=(64, 256),
+  # Projections of ~1 ms were dispatch noise on a loaded machine (negative exponents): widths
+  # where even the smallest is compute-bound.
+  proj_d_sweep=(128, 512),
   proj_ds_sweep=(16, 64),
-  proj_ds_at_d=256,  # At quick's d=64 the timings were dispatch noise (negative exponents).
+  proj_ds_at_d=256,
   projectable_steps=3,
   specialist_cap=6,
   eval_every=3,
