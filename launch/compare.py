@@ -38,6 +38,16 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _value(text: str) -> object:
+  """A sweep value: a bool, a number, or else the text itself (e.g. projector.form=full)."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -47,10 +57,7 @@ def main(argv: list[str]) -> None:
     field, sep, values = FLAGS.sweep.partition("=")
     if not sep or not values:
       raise app.UsageError("--sweep needs 'field=v1,v2,...'")
-    parsed = [
-      json.loads(v.lower()) if v.lower() in ("true", "false") else json.loads(v)
-      for v in values.split(",")
-    ]
+    parsed = [_value(v) for v in values.split(",")]
     result = compare.sweep(FLAGS.config, FLAGS.workdir, field, parsed, seeds)
   else:
     result = compare.compare(
