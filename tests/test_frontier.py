@@ -38,6 +38,11 @@ class _FakeTraining:
     return metrics
 
 
+def _top_points(config, tmp_path, methods, **kwargs):
+  """The planned points of ``methods`` at budget 1, seed 0, source share 1/2."""
+  return frontier.plan(config, str(tmp_path), (1.0,), [0], [0], methods, 0.5, **kwargs)[1]
+
+
 def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_path, monkeypatch):
   """Every method at every budget, with a stand-in for training (real runs: the next test)."""
   fake = _FakeTraining(tiny_config)
@@ -121,15 +126,8 @@ def test_budget_below_one_step_raises_before_any_training(tiny_config, tmp_path,
 
 def test_distill_points_learn_from_their_source_point(tiny_config, tmp_path):
   data = data_lib.load(tiny_config.data)
-  _, points = frontier.plan(
-    tiny_config,
-    str(tmp_path),
-    (1.0,),
-    [0],
-    [0],
-    ("universal_distill", "specialists_distill"),
-    0.5,
-    distill_weight=0.25,
+  points = _top_points(
+    tiny_config, tmp_path, ("universal_distill", "specialists_distill"), distill_weight=0.25
   )
   for point, mode in zip(points, ("universal", "specialists"), strict=True):
     assert point.config.mode == mode and point.config.distill.weight == 0.25
@@ -195,16 +193,7 @@ def test_amortised_frontier_builds_every_method_on_the_given_source(
     trained = json.load(f)
   assert result["trained_source"]["train_flops"] == trained["train_flops"]
   assert "Amortised" in frontier.markdown(result)
-  _, points = frontier.plan(
-    tiny_config,
-    str(tmp_path),
-    (1.0,),
-    [0],
-    [0],
-    compare.FROM_SOURCE,
-    0.5,
-    source_workdir=source_workdir,
-  )
+  points = _top_points(tiny_config, tmp_path, compare.FROM_SOURCE, source_workdir=source_workdir)
   by_method = {p.method: p.config for p in points}
   for method in ("projectable_tuned", "projectable_frozen", "weight_selection_ft"):
     assert by_method[method].init.source_workdir == source_workdir
