@@ -28,7 +28,8 @@ each whole budget on their own training, and the source's cost is reported apart
 
 Budgets get ``seeds``, the largest ``top_seeds``. Each point lives in
 ``DIR/<method>_b<multiple>_seed<s>/`` and resumes, or is reused when finished
-(``compare.run_method``). Writes DIR/frontier.{json,md,png}.
+(``compare.run_method``). Writes DIR/frontier.{json,md,png}; ``merge`` joins frontiers
+run apart (e.g. methods on different machines) on the same budget ladder.
 """
 
 from __future__ import annotations
@@ -229,13 +230,57 @@ def frontier(
       "steps": trained["final_step"]["step"],
       "bits_per_dim": trained["bits_per_dim"]["mean"],
     }
+  write(result, workdir)
+  return result
+
+
+def write(result: dict, workdir: str) -> None:
+  """DIR/frontier.{json,md,png} of ``result``."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "frontier.json"), "w") as f:
     json.dump(result, f, indent=2)
   with open(os.path.join(workdir, "frontier.md"), "w") as f:
     f.write(markdown(result))
   plot(result, os.path.join(workdir, "frontier.png"))
-  return result
+
+
+# What every merged frontier must share: its points are then on one budget ladder.
+_SHARED = ("dataset", "reference_flops", "reference_steps", "source_share", "distill_weight")
+
+
+def merge(results: Sequence[dict]) -> dict:
+  """One frontier of several (e.g. methods run on different machines) on the same ladder.
+
+  Raises ValueError where they differ in dataset, reference budget, source share,
+  distillation alpha or trained source, or where two hold the same (method, budget, seed).
+  """
+  if not results:
+    raise ValueError("merge needs at least one frontier")
+  first = results[0]
+  for i, other in enumerate(results[1:], start=1):
+    for key in (*_SHARED, "trained_source"):
+      if other.get(key) != first.get(key):
+        raise ValueError(
+          f"frontier {i} has {key}={other.get(key)!r} but frontier 0 has {first.get(key)!r}: "
+          "only frontiers of the same config and budget ladder merge (same --config "
+          "overrides, --source_share, --distill_weight, --source_workdir)"
+        )
+  seen: dict[tuple, int] = {}
+  for i, result in enumerate(results):
+    for p in result["points"]:
+      key = (p["method"], p["budget"], p["seed"])
+      if key in seen:
+        raise ValueError(
+          f"frontiers {seen[key]} and {i} both hold point {key} (method, budget, seed)"
+        )
+      seen[key] = i
+  merged = {key: first[key] for key in _SHARED}
+  merged["command"] = "\n".join(r["command"] for r in results if r["command"])
+  merged["points"] = [p for r in results for p in r["points"]]
+  merged["missing"] = [m for r in results for m in r.get("missing", [])]
+  if "trained_source" in first:
+    merged["trained_source"] = first["trained_source"]
+  return merged
 
 
 def _grouped(points: list[dict]) -> dict[str, dict[float, list[dict]]]:

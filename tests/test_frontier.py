@@ -151,7 +151,17 @@ def test_markdown_shows_seed_spread_and_source_steps():
       "bits_per_dim": {"mean": 1.5, "per_task": {}},
     },
   ]
-  result = {
+  result = _result(points)
+  table = frontier.markdown(result)
+  assert "| universal | 2.1000 ± 0.1000 (2 seeds) |" in table
+  assert "| weight_selection_ft | 1.5000 |" in table
+  assert "| weight_selection_ft | 3 + 5 |" in table
+  assert result["command"] in table
+
+
+def _result(points, **fields):
+  """A digits frontier.json holding ``points``."""
+  return {
     "dataset": "digits",
     "command": "python launch/frontier.py --config=configs/digits.py --workdir=/tmp/f",
     "reference_flops": 1e9,
@@ -159,12 +169,42 @@ def test_markdown_shows_seed_spread_and_source_steps():
     "source_share": 0.5,
     "distill_weight": 0.5,
     "points": points,
+    **fields,
   }
-  table = frontier.markdown(result)
-  assert "| universal | 2.1000 ± 0.1000 (2 seeds) |" in table
-  assert "| weight_selection_ft | 1.5000 |" in table
-  assert "| weight_selection_ft | 3 + 5 |" in table
-  assert result["command"] in table
+
+
+def _point(method, budget, seed, bits):
+  flops = budget * 1e9
+  return {
+    "method": method,
+    "budget": budget,
+    "budget_flops": flops,
+    "train_flops": flops,
+    "steps": 4,
+    "seed": seed,
+    "wall_s": 1.0,
+    "bits_per_dim": {"mean": bits, "per_task": {}},
+  }
+
+
+def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
+  ours = _result([_point("projectable", 0.5, 0, 2.0), _point("projectable", 1.0, 0, 1.8)])
+  theirs = _result([_point("source", 1.0, 0, 1.7)], command="", missing=["source_b0.5_seed0"])
+  merged = frontier.merge([ours, theirs])
+  assert [(p["method"], p["budget"]) for p in merged["points"]] == [
+    ("projectable", 0.5),
+    ("projectable", 1.0),
+    ("source", 1.0),
+  ]
+  assert merged["missing"] == ["source_b0.5_seed0"]
+  frontier.write(merged, str(tmp_path))
+  table = (tmp_path / "frontier.md").read_text()
+  assert "| source |  | 1.7000 |" in table
+  assert (tmp_path / "frontier.png").stat().st_size > 0
+  with pytest.raises(ValueError, match=r"reference_flops=2000000000\.0"):
+    frontier.merge([ours, _result([_point("source", 1.0, 0, 1.7)], reference_flops=2e9)])
+  with pytest.raises(ValueError, match=r"both hold point \('projectable', 1.0, 0\)"):
+    frontier.merge([ours, _result([_point("projectable", 1.0, 0, 1.9)])])
 
 
 def test_amortised_frontier_builds_every_method_on_the_given_source(
