@@ -215,6 +215,15 @@ def emission(sizes: Sizes, data) -> dict:
   emit_all_s = common.median_seconds(
     lambda _: emit_all(params["source"], params["projector"], tasks_MxC), sizes.repeats
   )
+  core_of = jax.jit(projector.projection_core)
+  core_s = common.median_seconds(
+    lambda _: core_of(params["source"], params["projector"]), sizes.repeats
+  )
+  core = core_of(params["source"], params["projector"])
+  from_core = jax.jit(lambda c, p, t_C: projector.project_from_core(c, p, t_C[None]))
+  from_core_s = common.median_seconds(
+    lambda _: from_core(core, params["projector"], tasks_MxC[0]), sizes.repeats
+  )
 
   spec = trainers["specialists"]
   step_s, _ = step_seconds(spec, batches["specialists"](0), sizes.repeats)
@@ -231,6 +240,10 @@ def emission(sizes: Sizes, data) -> dict:
       "value": emit_s * 1e3,
       "inputs": {"source": sizes.source, "small": sizes.small, "rank": 8, "jit": True},
       "all_tasks_ms": emit_all_s * 1e3,  # Every task's specialist from one project_tasks.
+      # The task-independent projection_core, computed once per checkpoint ...
+      "core_ms": core_s * 1e3,
+      # ... after which each further specialist costs only its rank-k corrections.
+      "from_core_ms": from_core_s * 1e3,
       "tasks": int(tasks_MxC.shape[0]),
     },
     "emit_vs_train": {

@@ -127,10 +127,14 @@ def map_for_task(entry: dict, z_K: jax.Array | None) -> jax.Array:
 def project(source: dict, projector: dict, task_C: jax.Array) -> dict:
   """Small-model weights for one task, from source and projector weights.
 
-  ``task_C`` is the task descriptor (weights over classes). Pure and jittable; to
-  emit several specialists at once use ``project_tasks`` (cheaper than a vmap).
+  ``task_C`` is the task descriptor (weights over classes). Pure and jittable. The
+  task's maps A(t) are formed first, so the sandwiches are ds wide (not ds + k); to
+  emit several specialists use ``project_tasks``, or keep a ``projection_core``.
   """
-  return jax.tree.map(lambda x: x[0], project_tasks(source, projector, task_C[None]))
+  z_K = task_code(projector, task_C)
+  fixed = {"maps": {name: {"base": map_for_task(e, z_K)} for name, e in projector["maps"].items()}}
+  small = project_from_core(projection_core(source, fixed), fixed, task_C[None])
+  return jax.tree.map(lambda x: x[0], small)
 
 
 def project_tasks(source: dict, projector: dict, tasks_MxC: jax.Array) -> dict:
@@ -141,57 +145,86 @@ def project_tasks(source: dict, projector: dict, tasks_MxC: jax.Array) -> dict:
   expensive core is computed once for all tasks and each task only pays for
   rank-k corrections. Full bases have no such core and are projected task by task.
   """
+  if any("bases" in entry for entry in projector["maps"].values()):
+    return jax.vmap(functools.partial(project, source, projector))(tasks_MxC)
+  return project_from_core(projection_core(source, projector), projector, tasks_MxC)
+
+
+# The maps on the left and right of each layer weight (A_left^T W A_right) ...
+_SANDWICHES = {
+  "wq": ("residual", "attn_qk"),
+  "wk": ("residual", "attn_qk"),
+  "wv": ("residual", "attn_vo"),
+  "wo": ("attn_vo", "residual"),
+  "w1": ("residual", "mlp"),
+  "w2": ("mlp", "residual"),
+}
+# ... and of each layer vector (x A).
+_ROWS = {
+  "b1": "mlp",
+  "b2": "residual",
+  **{f"ln{i}_{p}": "residual" for i in (1, 2) for p in ("scale", "bias")},
+}
+
+
+def projection_core(source: dict, projector: dict) -> dict:
+  """The task-independent part of the projection: every weight against [A0 | U].
+
+  Computed once (per step in training; once per checkpoint when emitting), it leaves
+  each task's specialist only rank-k corrections (``project_from_core``). Factored or
+  task-independent maps only: full bases have no shared core.
+  """
   maps = projector["maps"]
-  if any("bases" in entry for entry in maps.values()):
+  res_IxT = _columns(maps["residual"])
 
-    def one_task(task_C):
-      z_K = task_code(projector, task_C)
-      fixed = {name: {"base": map_for_task(entry, z_K)} for name, entry in maps.items()}
-      return jax.tree.map(lambda x: x[0], _project(source, fixed, None, task_C[None]))
+  def layer(w: dict, per_layer: dict) -> dict:
+    cols = {"residual": res_IxT, **{name: _columns(e) for name, e in per_layer.items()}}
+    core = {name: _core(cols[l], w[name], cols[r]) for name, (l, r) in _SANDWICHES.items()}
+    return core | {name: w[name][None] @ cols[role] for name, role in _ROWS.items()}
 
-    return jax.vmap(one_task)(tasks_MxC)
-  return _project(source, maps, task_code(projector, tasks_MxC), tasks_MxC)
-
-
-def _project(source: dict, maps: dict, z_MxK: jax.Array | None, tasks_MxC: jax.Array) -> dict:
-  """``project_tasks`` for maps given as ``base`` (+ factored ``u``, ``v``) shared by tasks."""
-  m = tasks_MxC.shape[0]
-  res = maps["residual"]
   per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
-  blocks = jax.vmap(_project_layer, in_axes=(0, 0, None, None, None), out_axes=1)(
-    source["blocks"], per_layer, res, z_MxK, m
-  )
-
-  rows = functools.partial(_rows, entry=res, z_MxK=z_MxK, m=m)
-  start_MxD = tasks_MxC @ source["start_embed"]
-  start_Mx1xDp = (start_MxD @ _columns(res))[:, None]
   return {
-    "token_embed": rows(source["token_embed"]),
-    "pos_embed": rows(source["pos_embed"]),
-    "start_embed": _right(start_Mx1xDp, res, z_MxK),
-    "blocks": blocks,
-    "final_ln_scale": rows(source["final_ln_scale"][None])[:, 0],
-    "final_ln_bias": rows(source["final_ln_bias"][None])[:, 0],
-    "unembed": _left(_tasks(_columns(res).T @ source["unembed"], m), res, z_MxK),
-    "unembed_bias": _tasks(source["unembed_bias"], m),
+    "token_embed": source["token_embed"] @ res_IxT,
+    "pos_embed": source["pos_embed"] @ res_IxT,
+    "start_embed": source["start_embed"] @ res_IxT,
+    "blocks": jax.vmap(layer)(source["blocks"], per_layer),
+    "final_ln_scale": source["final_ln_scale"][None] @ res_IxT,
+    "final_ln_bias": source["final_ln_bias"][None] @ res_IxT,
+    "unembed": res_IxT.T @ source["unembed"],
+    "unembed_bias": source["unembed_bias"],
   }
 
 
-def _project_layer(w: dict, maps: dict, res: dict, z_MxK: jax.Array | None, m: int) -> dict:
-  """One layer's small weights for every task (leading task axis)."""
-  qk, vo, mlp = maps["attn_qk"], maps["attn_vo"], maps["mlp"]
-  out = {
-    "wq": _sandwich(res, w["wq"], qk, z_MxK, m),
-    "wk": _sandwich(res, w["wk"], qk, z_MxK, m),
-    "wv": _sandwich(res, w["wv"], vo, z_MxK, m),
-    "wo": _sandwich(vo, w["wo"], res, z_MxK, m),
-    "w1": _sandwich(res, w["w1"], mlp, z_MxK, m),
-    "w2": _sandwich(mlp, w["w2"], res, z_MxK, m),
-    "b1": _rows(w["b1"][None], mlp, z_MxK, m)[:, 0],
+def project_from_core(core: dict, projector: dict, tasks_MxC: jax.Array) -> dict:
+  """Small-model weights for M tasks (leading task axis) from a ``projection_core``."""
+  maps = projector["maps"]
+  res = maps["residual"]
+  z_MxK = task_code(projector, tasks_MxC)
+  m = tasks_MxC.shape[0]
+
+  def layer(c: dict, per_layer: dict) -> dict:
+    entries = {"residual": res, **per_layer}
+    out = {
+      name: _left(_right(_tasks(c[name], m), entries[r], z_MxK), entries[l], z_MxK)
+      for name, (l, r) in _SANDWICHES.items()
+    }
+    rows = {
+      name: _right(_tasks(c[name], m), entries[role], z_MxK)[:, 0] for name, role in _ROWS.items()
+    }
+    return out | rows
+
+  per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
+  rows = functools.partial(_rows_from_core, entry=res, z_MxK=z_MxK, m=m)
+  return {
+    "token_embed": rows(core["token_embed"]),
+    "pos_embed": rows(core["pos_embed"]),
+    "start_embed": _right((tasks_MxC @ core["start_embed"])[:, None], res, z_MxK),
+    "blocks": jax.vmap(layer, in_axes=(0, 0), out_axes=1)(core["blocks"], per_layer),
+    "final_ln_scale": rows(core["final_ln_scale"])[:, 0],
+    "final_ln_bias": rows(core["final_ln_bias"])[:, 0],
+    "unembed": _left(_tasks(core["unembed"], m), res, z_MxK),
+    "unembed_bias": _tasks(core["unembed_bias"], m),
   }
-  for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias", "b2"):
-    out[name] = _rows(w[name][None], res, z_MxK, m)[:, 0]
-  return out
 
 
 def _columns(entry: dict) -> jax.Array:
@@ -199,9 +232,9 @@ def _columns(entry: dict) -> jax.Array:
   return jnp.concatenate([entry["base"], entry["u"]], -1) if "u" in entry else entry["base"]
 
 
-def _rows(x_NxI: jax.Array, entry: dict, z_MxK: jax.Array | None, m: int) -> jax.Array:
-  """x A(t) for every task: (M, N, out)."""
-  return _right(_tasks(x_NxI @ _columns(entry), m), entry, z_MxK)
+def _rows_from_core(x_NxT: jax.Array, entry: dict, z_MxK: jax.Array | None, m: int) -> jax.Array:
+  """x A(t) for every task (M, N, out), from x [A0 | U]."""
+  return _right(_tasks(x_NxT, m), entry, z_MxK)
 
 
 def _tasks(x: jax.Array, m: int) -> jax.Array:
@@ -225,15 +258,12 @@ def _left(y_MxSpxT: jax.Array, entry: dict, z_MxK: jax.Array | None) -> jax.Arra
   return y_MxSpxT[:, :s] + jnp.einsum("sk,mk,mkt->mst", entry["v"], z_MxK, y_MxSpxT[:, s:])
 
 
-def _sandwich(left: dict, w_IxO: jax.Array, right: dict, z_MxK: jax.Array | None, m: int):
-  """A_left(t)^T W A_right(t) for every task, the shared core in its cheaper order."""
-  l_IxS, r_OxT = _columns(left), _columns(right)
+def _core(l_IxS: jax.Array, w_IxO: jax.Array, r_OxT: jax.Array) -> jax.Array:
+  """l^T W r in the cheaper order."""
   (i, o), s, t = w_IxO.shape, l_IxS.shape[1], r_OxT.shape[1]
   if s * i * o + s * o * t <= i * o * t + s * i * t:
-    core_SxT = (l_IxS.T @ w_IxO) @ r_OxT
-  else:
-    core_SxT = l_IxS.T @ (w_IxO @ r_OxT)
-  return _left(_right(_tasks(core_SxT, m), right, z_MxK), left, z_MxK)
+    return (l_IxS.T @ w_IxO) @ r_OxT
+  return l_IxS.T @ (w_IxO @ r_OxT)
 
 
 def select_subnetwork(

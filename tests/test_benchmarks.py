@@ -29,6 +29,8 @@ def test_quick_benchmarks_produce_every_figure(tmp_path):
     value = results[key]["value"]
     assert math.isfinite(value) and value > 0, (key, value)
     assert results[key]["inputs"], key
+  for extra in ("all_tasks_ms", "core_ms", "from_core_ms"):
+    assert math.isfinite(results["emit_ms"][extra]) and results["emit_ms"][extra] > 0, extra
   assert results["step_compiles"]["value"] == 1
   assert set(results["step_compiles"]["per_mode"].values()) == {1}
 

@@ -120,9 +120,14 @@ def test_project_tasks_equals_each_task_projected_in_full(rank, form):
   )
   tasks_MxC = jnp.stack([jax.nn.one_hot(1, 10), jnp.full(10, 0.1), jax.nn.one_hot(7, 10)])
   together = jax.jit(projector.project_tasks)(source, proj, tasks_MxC)
+  # Factored maps: one core, then each task emitted from it on its own.
+  core = projector.projection_core(source, proj) if form == "factored" else None
   for m, task_C in enumerate(tasks_MxC):
     expected = _reference_project(source, proj, task_C)
-    alone = projector.project(source, proj, task_C)
-    mine = jax.tree.map(lambda t, m=m: t[m], together)
-    jax.tree.map(lambda t, e: np.testing.assert_allclose(t, e, atol=2e-5), mine, expected)
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, atol=2e-5), alone, expected)
+    emitted = [projector.project(source, proj, task_C), jax.tree.map(lambda t, m=m: t[m], together)]
+    if core is not None:
+      emitted.append(
+        jax.tree.map(lambda t: t[0], projector.project_from_core(core, proj, task_C[None]))
+      )
+    for small in emitted:
+      jax.tree.map(lambda t, e: np.testing.assert_allclose(t, e, atol=2e-5), small, expected)
