@@ -1,5 +1,6 @@
 """Distillation from the source's predictions: loss, teacher, validation, resume."""
 
+import logging
 import os
 import shutil
 
@@ -208,3 +209,16 @@ def test_missing_teacher_workdir_names_the_field(tiny_config, digits_data, tmp_p
   tiny_config.distill.teacher_workdir = str(tmp_path / "nothing")
   with pytest.raises(FileNotFoundError, match=r"config\.distill\.teacher_workdir=.*mode=source"):
     warmstart.load_teacher(tiny_config, digits_data)
+
+
+@pytest.mark.parametrize(
+  "lambda_source,frozen,warns", [(0.0, False, True), (1.0, False, False), (0.0, True, False)]
+)
+def test_distilling_from_an_unanchored_source_warns(
+  tiny_config, caplog, lambda_source, frozen, warns
+):
+  tiny_config.mode, tiny_config.distill.weight = "projectable", 0.5
+  tiny_config.lambda_source, tiny_config.train.freeze_source = lambda_source, frozen
+  with caplog.at_level(logging.WARNING):
+    config_lib.validate(tiny_config)
+  assert ("own predictions drift" in caplog.text) == warns
