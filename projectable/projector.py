@@ -175,6 +175,8 @@ def projection_core(source: dict, projector: dict) -> dict:
   task-independent maps only: full bases have no shared core.
   """
   maps = projector["maps"]
+  if any("bases" in entry for entry in maps.values()):
+    raise ValueError("full-bases projectors have no task-independent core; use project_tasks")
   res_IxT = _columns(maps["residual"])
 
   def layer(w: dict, per_layer: dict) -> dict:
@@ -208,9 +210,7 @@ def project_from_core(core: dict, projector: dict, tasks_MxC: jax.Array) -> dict
       name: _left(_right(_tasks(c[name], m), entries[r], z_MxK), entries[l], z_MxK)
       for name, (l, r) in _SANDWICHES.items()
     }
-    rows = {
-      name: _right(_tasks(c[name], m), entries[role], z_MxK)[:, 0] for name, role in _ROWS.items()
-    }
+    rows = {name: _rows_from_core(c[name], entries[r], z_MxK, m)[:, 0] for name, r in _ROWS.items()}
     return out | rows
 
   per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}

@@ -121,7 +121,12 @@ def test_project_tasks_equals_each_task_projected_in_full(rank, form):
   tasks_MxC = jnp.stack([jax.nn.one_hot(1, 10), jnp.full(10, 0.1), jax.nn.one_hot(7, 10)])
   together = jax.jit(projector.project_tasks)(source, proj, tasks_MxC)
   # Factored maps: one core, then each task emitted from it on its own.
-  core = projector.projection_core(source, proj) if form == "factored" else None
+  core = None
+  if form == "factored":
+    core = projector.projection_core(source, proj)
+  else:
+    with pytest.raises(ValueError, match="no task-independent core"):
+      projector.projection_core(source, proj)
   for m, task_C in enumerate(tasks_MxC):
     expected = _reference_project(source, proj, task_C)
     emitted = [projector.project(source, proj, task_C), jax.tree.map(lambda t, m=m: t[m], together)]
