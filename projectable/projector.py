@@ -127,10 +127,12 @@ def map_for_task(entry: dict, z_K: jax.Array | None) -> jax.Array:
 def project(source: dict, projector: dict, task_C: jax.Array) -> dict:
   """Small-model weights for one task, from source and projector weights.
 
-  ``task_C`` is the task descriptor (weights over classes). Pure and jittable. The
-  task's maps A(t) are formed first, so the sandwiches are ds wide (not ds + k); to
-  emit several specialists use ``project_tasks``, or keep a ``projection_core``.
+  ``task_C`` is the task descriptor (weights over classes). Pure and jittable; under
+  ``vmap`` over tasks the task-independent core is still computed once. To emit several
+  specialists use ``project_tasks``, or keep a ``projection_core``.
   """
+  if not _has_bases(projector):
+    return jax.tree.map(lambda x: x[0], project_tasks(source, projector, task_C[None]))
   z_K = task_code(projector, task_C)
   fixed = {"maps": {name: {"base": map_for_task(e, z_K)} for name, e in projector["maps"].items()}}
   small = project_from_core(projection_core(source, fixed), fixed, task_C[None])
@@ -145,9 +147,18 @@ def project_tasks(source: dict, projector: dict, tasks_MxC: jax.Array) -> dict:
   expensive core is computed once for all tasks and each task only pays for
   rank-k corrections. Full bases have no such core and are projected task by task.
   """
-  if any("bases" in entry for entry in projector["maps"].values()):
+  if _has_bases(projector):
     return jax.vmap(functools.partial(project, source, projector))(tasks_MxC)
   return project_from_core(projection_core(source, projector), projector, tasks_MxC)
+
+
+def _has_bases(projector: dict) -> bool:
+  """Whether the task part is full bases (no task-independent core)."""
+  return any("bases" in entry for entry in projector["maps"].values())
+
+
+def _per_layer(maps: dict) -> dict:
+  return {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
 
 
 # The maps on the left and right of each layer weight (A_left^T W A_right) ...
@@ -174,9 +185,9 @@ def projection_core(source: dict, projector: dict) -> dict:
   each task's specialist only rank-k corrections (``project_from_core``). Factored or
   task-independent maps only: full bases have no shared core.
   """
-  maps = projector["maps"]
-  if any("bases" in entry for entry in maps.values()):
+  if _has_bases(projector):
     raise ValueError("full-bases projectors have no task-independent core; use project_tasks")
+  maps = projector["maps"]
   res_IxT = _columns(maps["residual"])
 
   def layer(w: dict, per_layer: dict) -> dict:
@@ -184,12 +195,11 @@ def projection_core(source: dict, projector: dict) -> dict:
     core = {name: _core(cols[l], w[name], cols[r]) for name, (l, r) in _SANDWICHES.items()}
     return core | {name: w[name][None] @ cols[role] for name, role in _ROWS.items()}
 
-  per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
   return {
     "token_embed": source["token_embed"] @ res_IxT,
     "pos_embed": source["pos_embed"] @ res_IxT,
     "start_embed": source["start_embed"] @ res_IxT,
-    "blocks": jax.vmap(layer)(source["blocks"], per_layer),
+    "blocks": jax.vmap(layer)(source["blocks"], _per_layer(maps)),
     "final_ln_scale": source["final_ln_scale"][None] @ res_IxT,
     "final_ln_bias": source["final_ln_bias"][None] @ res_IxT,
     "unembed": res_IxT.T @ source["unembed"],
@@ -213,13 +223,12 @@ def project_from_core(core: dict, projector: dict, tasks_MxC: jax.Array) -> dict
     rows = {name: _rows_from_core(c[name], entries[r], z_MxK, m)[:, 0] for name, r in _ROWS.items()}
     return out | rows
 
-  per_layer = {name: maps[name] for name in ("attn_qk", "attn_vo", "mlp")}
   rows = functools.partial(_rows_from_core, entry=res, z_MxK=z_MxK, m=m)
   return {
     "token_embed": rows(core["token_embed"]),
     "pos_embed": rows(core["pos_embed"]),
     "start_embed": _right((tasks_MxC @ core["start_embed"])[:, None], res, z_MxK),
-    "blocks": jax.vmap(layer, in_axes=(0, 0), out_axes=1)(core["blocks"], per_layer),
+    "blocks": jax.vmap(layer, out_axes=1)(core["blocks"], _per_layer(maps)),
     "final_ln_scale": rows(core["final_ln_scale"])[:, 0],
     "final_ln_bias": rows(core["final_ln_bias"])[:, 0],
     "unembed": _left(_tasks(core["unembed"], m), res, z_MxK),

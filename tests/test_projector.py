@@ -136,3 +136,16 @@ def test_project_tasks_equals_each_task_projected_in_full(rank, form):
       )
     for small in emitted:
       jax.tree.map(lambda t, e: np.testing.assert_allclose(t, e, atol=2e-5), small, expected)
+
+
+def test_vmapped_project_shares_the_core_across_tasks():
+  """Evaluation vmaps ``project`` over tasks: it must cost what ``project_tasks`` costs."""
+  source = _source_params()
+  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(3), jax.random.key(2))
+  tasks_MxC = jnp.eye(10)
+
+  def flops(fn):
+    return jax.jit(fn).lower(source, proj, tasks_MxC).compile().cost_analysis()["flops"]
+
+  vmapped = flops(jax.vmap(projector.project, in_axes=(None, None, 0)))
+  assert vmapped <= 1.1 * flops(projector.project_tasks)
