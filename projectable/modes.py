@@ -102,10 +102,6 @@ class Method:
     """Standalone small-model weights for one task, where the mode has them."""
     return None
 
-  def specialists(self, params: dict, task_ids_T: jax.Array, tasks_TxC: jax.Array) -> dict:
-    """``specialist`` of several tasks, stacked on a leading task axis."""
-    return jax.vmap(self.specialist, in_axes=(None, 0, 0))(params, task_ids_T, tasks_TxC)
-
   @property
   def specialist_config(self) -> ModelConfig | None:
     return None
@@ -309,9 +305,6 @@ class ProjectableMethod(Method):
 
   def specialist(self, params, task_id, task_C):
     return projector.project(params["source"], params["projector"], task_C)
-
-  def specialists(self, params, task_ids_T, tasks_TxC):
-    return projector.project_tasks(params["source"], params["projector"], tasks_TxC)
 
   @property
   def specialist_config(self):
