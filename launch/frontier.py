@@ -7,7 +7,10 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
       --source_workdir=SOURCE_RUN   # amortised: every method builds on one trained source
 
 Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
-steps; see projectable/frontier.py for the steps each method gets and how
+steps. Projectable runs (the reference included) use ``lambda_source=0``, the
+best projectable setting at equal FLOPs (docs/results), unless the command line
+sets ``--config.lambda_source`` (e.g. 1: training's default, the paper's). See
+projectable/frontier.py for the steps each method gets and how
 weight_selection_ft and the *_distill methods pay for their source. Writes
 DIR/frontier.{json,md,png}; each point has its own sub-workdir, and rerunning
 resumes unfinished points and reuses finished ones.
@@ -74,8 +77,9 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     raise app.UsageError(f"--budgets={','.join(FLAGS.budgets)}: {e}") from None
   default_methods = compare.FROM_SOURCE if FLAGS.source_workdir else frontier.DEFAULT_METHODS
+  overridden = config_flags.get_override_values(FLAGS["config"])
   result = frontier.frontier(
-    FLAGS.config,
+    frontier.compute_optimal(FLAGS.config, overridden),
     FLAGS.workdir,
     budgets,
     seeds=[int(s) for s in FLAGS.seeds],

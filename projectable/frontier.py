@@ -2,7 +2,8 @@
 
 Budgets are multiples of the reference budget, the training FLOPs of
 ``train.num_steps`` projectable steps (``compare.reference_flops``; multiple 1 is
-``compare --budget=flops``). The default ladder 1/16, 1/8, 1/4, 1/2, 1 spans 16x.
+``compare --budget=flops``); the command runs them at ``compute_optimal``'s λ.
+The default ladder 1/16, 1/8, 1/4, 1/2, 1 spans 16x.
 At budget B a method runs ``round(B / its per-step FLOPs)`` steps, its eval,
 checkpoint and warmup periods scaled alike (``compare.scaled``), so its training
 FLOPs are within half a step of B. A budget below one step of a method is an
@@ -37,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import ml_collections
 import numpy as np
@@ -50,6 +51,22 @@ METHODS = ("projectable", "universal", "specialists", "source", *compare.FROM_SO
 # What a from-scratch frontier runs unless told: every method but the projectors on a source.
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in compare.PROJECTORS_ON_SOURCE)
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+# The projectable setting a frontier runs unless the config's field is set on the command
+# line: the source learns only through its projections (λ=0), the cheapest projectable step
+# and the best projectable setting at equal FLOPs on digits and Fashion-MNIST (docs/results).
+# Training's default stays λ=1, which keeps the source a good universal model.
+COMPUTE_OPTIMAL = {"lambda_source": 0.0}
+
+
+def compute_optimal(
+  config: ml_collections.ConfigDict, overridden: Collection[str]
+) -> ml_collections.ConfigDict:
+  """``config`` with ``COMPUTE_OPTIMAL``'s values for the fields not in ``overridden``."""
+  config = config.copy_and_resolve_references()
+  for field, value in COMPUTE_OPTIMAL.items():
+    if field not in overridden:
+      config[field] = value
+  return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +233,7 @@ def frontier(
     "command": command,
     "reference_flops": reference,
     "reference_steps": config.train.num_steps,
+    "lambda_source": config.lambda_source,
     "source_share": source_share,
     "distill_weight": distill_weight,
     "points": records,
@@ -265,6 +283,10 @@ def merge(results: Sequence[dict]) -> dict:
           "only frontiers of the same config and budget ladder merge (same --config "
           "overrides, --source_share, --distill_weight, --source_workdir)"
         )
+  # Recorded since the frontier's λ default; older frontiers lack it (their ladder still says).
+  lambdas = {r["lambda_source"] for r in results if "lambda_source" in r}
+  if len(lambdas) > 1:
+    raise ValueError(f"frontiers of different lambda_source {sorted(lambdas)} do not merge")
   seen: dict[tuple, int] = {}
   for i, result in enumerate(results):
     for p in result["points"]:
@@ -278,6 +300,8 @@ def merge(results: Sequence[dict]) -> dict:
   merged["command"] = "\n".join(r["command"] for r in results if r["command"])
   merged["points"] = [p for r in results for p in r["points"]]
   merged["missing"] = [m for r in results for m in r.get("missing", [])]
+  if lambdas:
+    merged["lambda_source"] = lambdas.pop()
   if "trained_source" in first:
     merged["trained_source"] = first["trained_source"]
   return merged
@@ -307,8 +331,9 @@ def _steps_cell(runs: list[dict]) -> str:
 
 def _preamble(result: dict) -> str:
   """What the budgets are and how the methods built on a source pay for it."""
+  at_lambda = f" at λ={result['lambda_source']:g}" if "lambda_source" in result else ""
   budgets_are = (
-    f"Budgets are multiples of {result['reference_steps']} projectable steps "
+    f"Budgets are multiples of {result['reference_steps']} projectable steps{at_lambda} "
     f"({result['reference_flops']:.4g} FLOPs)."
   )
   on_source = sorted({p["method"] for p in result["points"]} & set(compare.FROM_SOURCE))

@@ -1,6 +1,8 @@
 """Test setup: 4 fake CPU devices and strict rank promotion, before JAX starts."""
 
+import importlib.util
 import os
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -10,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
 import pytest
+from absl import flags
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests build many trainers of the same shapes: reuse compiled executables across them.
@@ -42,3 +45,26 @@ def source_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("source"))
   train.train_and_evaluate(config, workdir)
   return workdir
+
+
+@pytest.fixture
+def run_launcher(monkeypatch):
+  """``run_launcher(name, argv)`` runs ``launch/<name>.py``'s main in-process on ``argv``
+  (as sys.argv: config_flags reads its overrides there), then forgets its flags."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(name: str, argv: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+      f"launch_{name}", os.path.join(root, "launch", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    known = set(flags.FLAGS)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *argv])
+    try:
+      module.main(flags.FLAGS(sys.argv))
+    finally:
+      for flag in set(flags.FLAGS) - known:
+        delattr(flags.FLAGS, flag)
+
+  return run

@@ -1,19 +1,16 @@
 """One-shot export (launch/export.py), TFLite conversion and launch/sample.py on a tiny run."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import app
 from PIL import Image
 
 from configs import digits
 from projectable import data, export, images, model, projector, tflite, train
 from projectable.specialist import load_specialist
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +49,6 @@ def digit3_test_tokens(digits_data):
   return split.tokens[split.labels == 3]
 
 
-def run_launcher(name: str, argv: list[str]) -> None:
-  """Runs ``launch/<name>.py``'s main in-process on ``argv``, then forgets its flags."""
-  spec = importlib.util.spec_from_file_location(
-    f"launch_{name}", os.path.join(ROOT, "launch", f"{name}.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  known = set(flags.FLAGS)
-  spec.loader.exec_module(module)
-  try:
-    module.main(flags.FLAGS([f"{name}.py", *argv]))
-  finally:
-    for flag in set(flags.FLAGS) - known:
-      delattr(flags.FLAGS, flag)
-
-
 def test_export_round_trip_matches_training(exported, metrics, digit3_test_tokens):
   out, summary = exported
   per_task = metrics["bits_per_dim"]["per_task"]
@@ -91,7 +73,7 @@ def test_export_round_trip_matches_training(exported, metrics, digit3_test_token
   assert abs(measured - per_task["3"]) < 1e-5
 
 
-def test_cli_exports_exactly_the_chosen_tasks_of_a_step(workdir, tmp_path, capsys):
+def test_cli_exports_exactly_the_chosen_tasks_of_a_step(workdir, tmp_path, capsys, run_launcher):
   out = str(tmp_path / "out")
   run_launcher("export", [f"--workdir={workdir}", f"--out={out}", "--tasks=3,0", "--step=3"])
   assert sorted(os.listdir(out)) == ["0", "3"]
@@ -159,7 +141,7 @@ def test_tflite_logits_match_jax(workdir, tmp_path, digit3_test_tokens):
 
 
 @pytest.mark.parametrize("source", ["specialist", "workdir"])
-def test_sample_writes_a_grid(workdir, exported, tmp_path, source):
+def test_sample_writes_a_grid(workdir, exported, tmp_path, source, run_launcher):
   grid = str(tmp_path / "grid.png")
   args = (
     [f"--specialist={os.path.join(exported[0], '3')}"]
@@ -172,7 +154,7 @@ def test_sample_writes_a_grid(workdir, exported, tmp_path, source):
     assert image.size == images.grid_size(6, 8, 8, cols=3, scale=8)
 
 
-def test_sample_needs_one_model(tmp_path):
+def test_sample_needs_one_model(tmp_path, run_launcher):
   with pytest.raises(app.UsageError, match="exactly one of --specialist or --workdir"):
     run_launcher("sample", [f"--out={tmp_path / 'g.png'}"])
   with pytest.raises(app.UsageError, match="--workdir needs --task"):
@@ -250,7 +232,7 @@ def test_class_sets_need_a_projectable_run(workdir, tmp_path):
 
 
 def test_evaluate_scores_a_specialist_on_any_class_set(
-  workdir, exported, digits_data, tmp_path, capsys
+  workdir, exported, digits_data, tmp_path, capsys, run_launcher
 ):
   path, out = os.path.join(exported[0], "3"), str(tmp_path / "scores.json")
   run_launcher(
@@ -271,7 +253,7 @@ def test_evaluate_scores_a_specialist_on_any_class_set(
   assert own["classes"] == [3] and abs(own["bits_per_dim"] - meta["test_bits_per_dim"]) < 1e-6
 
 
-def test_evaluate_errors_name_the_bad_value(workdir, exported):
+def test_evaluate_errors_name_the_bad_value(workdir, exported, run_launcher):
   path, config = os.path.join(exported[0], "3"), export.read_config(workdir)
   with pytest.raises(ValueError, match=r"--classes: class 10 is outside the dataset's classes"):
     export.evaluate_specialist(path, config, "3,10")

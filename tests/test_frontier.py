@@ -205,6 +205,37 @@ def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
     frontier.merge([ours, _result([_point("source", 1.0, 0, 1.7)], reference_flops=2e9)])
   with pytest.raises(ValueError, match=r"both hold point \('projectable', 1.0, 0\)"):
     frontier.merge([ours, _result([_point("projectable", 1.0, 0, 1.9)])])
+  # A frontier written before lambda_source was recorded merges with one at λ=0, not at two λ.
+  at_0 = _result([_point("universal", 1.0, 0, 1.9)], lambda_source=0.0)
+  assert frontier.merge([ours, at_0])["lambda_source"] == 0.0
+  with pytest.raises(ValueError, match=r"different lambda_source \[0.0, 1.0\]"):
+    frontier.merge([at_0, _result([_point("source", 1.0, 0, 1.7)], lambda_source=1.0)])
+
+
+@pytest.mark.parametrize("override, expected", [([], 0.0), (["--config.lambda_source=1"], 1.0)])
+def test_command_projects_at_lambda_0_unless_the_config_flag_says(
+  tmp_path, run_launcher, override, expected
+):
+  from configs import digits
+
+  run_launcher(
+    "frontier",
+    [
+      f"--config={os.path.join(os.path.dirname(__file__), '..', 'configs', 'digits.py')}:tiny",
+      f"--workdir={tmp_path}",
+      "--methods=projectable,universal",
+      "--budgets=1/2,1",
+      "--report_only",
+      *override,
+    ],
+  )
+  result = json.loads((tmp_path / "frontier.json").read_text())
+  config = digits.get_config("tiny")
+  config.lambda_source = expected
+  reference = compare.reference_flops(config, data_lib.load(config.data))
+  assert result["lambda_source"] == expected and result["reference_flops"] == reference
+  assert len(result["missing"]) == 2 * 4  # Nothing trained: seed 0 at 1/2, 3 seeds at 1.
+  assert f"projectable steps at λ={expected:g}" in (tmp_path / "frontier.md").read_text()
 
 
 def test_amortised_frontier_builds_every_method_on_the_given_source(
