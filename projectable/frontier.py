@@ -403,6 +403,7 @@ def plot(result: dict, path: str) -> None:
   ax.set_ylabel("test bits/dim")
   ax.set_title(f"{result['dataset']}: test bits/dim against training FLOPs")
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize="small")
+  if result["points"]:  # A report of unfinished points only has no lines to name.
+    ax.legend(fontsize="small")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
