@@ -51,21 +51,20 @@ METHODS = ("projectable", "universal", "specialists", "source", *compare.FROM_SO
 # What a from-scratch frontier runs unless told: every method but the projectors on a source.
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in compare.PROJECTORS_ON_SOURCE)
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
-# The projectable setting a frontier runs unless the config's field is set on the command
-# line: the source learns only through its projections (λ=0), the cheapest projectable step
-# and the best projectable setting at equal FLOPs on digits and Fashion-MNIST (docs/results).
-# Training's default stays λ=1, which keeps the source a good universal model.
-COMPUTE_OPTIMAL = {"lambda_source": 0.0}
+# The λ a frontier's projectable runs use unless the command line sets lambda_source: the
+# source learns only through its projections, the cheapest projectable step and the best
+# projectable setting at equal FLOPs on digits and Fashion-MNIST (docs/results). Training's
+# default stays λ=1, which keeps the source a good universal model.
+COMPUTE_OPTIMAL_LAMBDA = 0.0
 
 
 def compute_optimal(
   config: ml_collections.ConfigDict, overridden: Collection[str]
 ) -> ml_collections.ConfigDict:
-  """``config`` with ``COMPUTE_OPTIMAL``'s values for the fields not in ``overridden``."""
+  """``config`` at ``COMPUTE_OPTIMAL_LAMBDA`` unless ``lambda_source`` is in ``overridden``."""
   config = config.copy_and_resolve_references()
-  for field, value in COMPUTE_OPTIMAL.items():
-    if field not in overridden:
-      config[field] = value
+  if "lambda_source" not in overridden:
+    config.lambda_source = COMPUTE_OPTIMAL_LAMBDA
   return config
 
 
