@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from projectable import artifacts, modes, tflite, train
+from projectable import artifacts, config_lib, modes, tflite, train
 from projectable import data as data_lib
 from projectable.data import TaskData
 from projectable.specialist import load_specialist
@@ -53,7 +53,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} has no config.json; is it a workdir of launch/train.py?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(config_lib.with_defaults(json.load(f)))
 
 
 def _saved_steps(workdir: str, kind: str) -> list[int]:

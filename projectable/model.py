@@ -36,7 +36,7 @@ class ModelConfig:
   mlp_dim: int  # MLP hidden width.
   depth: int  # Number of blocks.
   dropout: float = 0.0  # Residual and embedding dropout rate in training.
-  unroll: bool = False  # Unroll the layer scan (exact XLA cost analysis; longer compiles).
+  unroll: bool = False  # Unroll the layer scan: faster steps, longer compiles (config.train).
 
   @property
   def head_dim(self) -> int:

@@ -39,7 +39,15 @@ from projectable.model import ModelConfig
 def source_config(config: ml_collections.ConfigDict, data: TaskData) -> ModelConfig:
   m = config.model
   return ModelConfig(
-    data.levels, data.seq_len, data.num_classes, m.d, m.heads, m.mlp_dim, m.depth, m.dropout
+    data.levels,
+    data.seq_len,
+    data.num_classes,
+    m.d,
+    m.heads,
+    m.mlp_dim,
+    m.depth,
+    m.dropout,
+    config.train.unroll_layers,
   )
 
 
@@ -56,6 +64,7 @@ def small_config(
     s.mlp_dim,
     s.depth,
     s.dropout,
+    config.train.unroll_layers,
   )
 
 

@@ -35,6 +35,7 @@ _TRAIN_MAY_CHANGE = {
   "checkpoint_every",
   "keep_checkpoints",
   "eval_chunk",
+  "unroll_layers",
   "nonfinite",
   "max_skipped_steps",
 }
@@ -96,9 +97,7 @@ def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config(workdir)
   if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
-  # A field added to the code after the run was written compares as its default.
-  defaults = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
-  saved = {**defaults, **_flatten(saved)}
+  saved = _flatten(config_lib.with_defaults(saved))
   current = _flatten(json.loads(config.to_json_best_effort()))
   diff = [
     f"  {name}: workdir has {saved.get(name)!r}, config has {current.get(name)!r}"

@@ -109,6 +109,7 @@ BAD = {
   "train.weight_decay": NOT_NUMBER | NEGATIVE,
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
+  "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.nonfinite": _other_text(config_lib.NONFINITE_POLICIES),
   "model.d": _not_positive_int(),
   "model.heads": _not_positive_int(),

@@ -86,6 +86,17 @@ def test_golden_first_steps(tiny_config):
 GOLDEN_PROJECTABLE_LOSSES = [5.672674179077148, 5.630109786987305]
 
 
+@pytest.mark.parametrize("mode", ["projectable", "universal"])
+def test_unrolled_and_scanned_layers_train_alike(tiny_config, mode):
+  """``train.unroll_layers`` changes how the layer loop compiles, not what a step computes."""
+  tiny_config.mode, tiny_config.train.unroll_layers = mode, True
+  _, unrolled, losses_unrolled = _run_steps(tiny_config, 3)
+  tiny_config.train.unroll_layers = False
+  _, scanned, losses_scanned = _run_steps(tiny_config, 3)
+  np.testing.assert_allclose(losses_unrolled, losses_scanned, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), unrolled, scanned)
+
+
 def test_same_losses_on_one_and_four_devices(tiny_config):
   _, one, losses_one = _run_steps(tiny_config, 3)
   tiny_config.mesh = "data:2,model:2"

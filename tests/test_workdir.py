@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from projectable import train, workdir_guard
+from projectable import export, train, workdir_guard
 
 
 def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
@@ -76,14 +76,18 @@ def test_fresh_trains_in_the_first_workdir_holding_no_run(tmp_path):
 
 
 def test_fields_added_after_a_run_was_written_compare_as_their_defaults(tmp_path, tiny_config):
-  """A workdir written before ``distill`` existed resumes; a real difference is refused."""
+  """A workdir written before ``distill`` existed resumes and exports; a real difference is
+  refused."""
   workdir = str(tmp_path)
   os.makedirs(os.path.join(workdir, "checkpoints"))
   saved = json.loads(tiny_config.to_json_best_effort())
-  del saved["distill"]
+  del saved["distill"], saved["train"]["unroll_layers"]
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(saved, f)
   workdir_guard.check_compatible(tiny_config, workdir)
+  # The export and evaluation tools read the old config with the same defaults.
+  read = export.read_config(workdir)
+  assert (read.distill.weight, read.train.unroll_layers) == (0.0, True)
   tiny_config.distill.weight = 0.5
   with pytest.raises(ValueError, match=r"distill\.weight: workdir has 0\.0, config has 0\.5"):
     workdir_guard.check_compatible(tiny_config, workdir)
