@@ -25,8 +25,8 @@ from absl import app, flags
 
 from benchmarks import common
 from configs import digits
+from projectable import compare, flops, frontier, model, modes, projector, sharding
 from projectable import data as data_lib
-from projectable import flops, model, modes, projector, sharding
 from projectable.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -53,8 +53,8 @@ class Sizes:
   proj_d_sweep: tuple[int, ...]  # Source widths for projection time.
   proj_ds_sweep: tuple[int, ...]  # Small widths for projection time.
   proj_ds_at_d: int  # Source width of the small-width sweep.
-  projectable_steps: int  # Projectable training steps before emitting.
-  specialist_cap: int  # Most specialists-mode steps tried to reach the projected bits/dim.
+  projectable_steps: int  # Steps of the projectable run (at lambda 0) that emits.
+  specialist_cap: int  # Steps of the specialists run trying to reach the projected bits/dim.
   eval_every: int  # Specialists-mode steps between test evaluations.
 
 
@@ -70,9 +70,9 @@ FULL = Sizes(
   proj_d_sweep=(128, 256, 512),
   proj_ds_sweep=(32, 64, 128),
   proj_ds_at_d=256,
-  projectable_steps=40,
-  specialist_cap=400,
-  eval_every=20,
+  projectable_steps=200,
+  specialist_cap=800,
+  eval_every=50,
 )
 QUICK = Sizes(
   source=dict(d=64, heads=4, mlp_dim=256, depth=2),
@@ -102,7 +102,6 @@ def bench_config(sizes: Sizes, mode: str, **source):
   config.model.update(**{**sizes.source, **source})
   config.small.update(**sizes.small, depth=config.model.depth)
   config.train.examples_per_task = sizes.examples_per_task
-  config.train.num_steps = max(config.train.num_steps, sizes.specialist_cap)
   return config
 
 
@@ -193,10 +192,18 @@ def mfu_and_overhead(sizes: Sizes, data) -> dict:
 
 
 def emission(sizes: Sizes, data) -> dict:
-  """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch."""
+  """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch.
+
+  Both are complete runs (learning rate warmed up and decayed to zero, digits.py's schedule
+  scaled to their steps); the projectable run is at ``frontier.compute_optimal``'s
+  lambda_source (0), the setting that spends its compute on the specialists.
+  """
   trainers, batches = {}, {}
-  for mode in ("projectable", "specialists"):
-    config = bench_config(sizes, mode)
+  for mode, steps in (
+    ("projectable", sizes.projectable_steps),
+    ("specialists", sizes.specialist_cap),
+  ):
+    config = frontier.compute_optimal(compare.scaled(bench_config(sizes, mode), steps), ())
     trainers[mode] = make_trainer(config, data)
     batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
     batches[mode] = batcher.batch
@@ -250,12 +257,13 @@ def emission(sizes: Sizes, data) -> dict:
       "value": train_s / emit_all_s,
       "inputs": {
         "projectable_steps": sizes.projectable_steps,
+        "lambda_source": frontier.COMPUTE_OPTIMAL_LAMBDA,
         "specialist_cap": sizes.specialist_cap,
         "eval_every": sizes.eval_every,
         "method": "train seconds = specialists steps until test bits/dim <= the projected "
-        "specialist's (checked every eval_every steps, capped) x median specialists step time "
-        "(all 10 tasks' specialists trained together), over the time to emit all 10 "
-        "(project_tasks); a lower bound when not reached",
+        "specialists' (checked every eval_every steps of a specialist_cap-step run) x median "
+        "specialists step time (all 10 tasks' specialists trained together), over the time to "
+        "emit all 10 (project_tasks); a lower bound when not reached",
       },
       "projected_bits_per_dim": target,
       "specialist_bits_per_dim": bits,
