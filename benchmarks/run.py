@@ -70,7 +70,7 @@ FULL = Sizes(
   proj_d_sweep=(128, 256, 512),
   proj_ds_sweep=(32, 64, 128),
   proj_ds_at_d=256,
-  projectable_steps=200,
+  projectable_steps=300,
   specialist_cap=800,
   eval_every=50,
 )
