@@ -18,7 +18,6 @@ the test images of any class set (``launch/evaluate.py``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import NamedTuple
 
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from projectable import artifacts, config_lib, modes, tflite, train
+from projectable import artifacts, modes, tflite, train, workdir_guard
 from projectable import data as data_lib
 from projectable.data import TaskData
 from projectable.specialist import load_specialist
@@ -52,8 +51,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} has no config.json; is it a workdir of launch/train.py?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(config_lib.with_defaults(json.load(f)))
+  return ml_collections.ConfigDict(workdir_guard.saved_config(workdir))
 
 
 def _saved_steps(workdir: str, kind: str) -> list[int]:

@@ -18,13 +18,12 @@ specialists run (``initial_state`` loads both).
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import ml_collections
 
-from projectable import checkpointing, projector, sharding
+from projectable import checkpointing, projector, sharding, workdir_guard
 from projectable.data import TaskData
 from projectable.modes import Method, make_method
 from projectable.trainer import Trainer
@@ -64,8 +63,7 @@ def _source_config(config: ml_collections.ConfigDict, field: str) -> ml_collecti
       f"config.{field}={workdir!r} has no config.json: train a source there "
       "first (--config.mode=source) or fix the path"
     )
-  with open(path) as f:
-    src_config = ml_collections.ConfigDict(json.load(f))
+  src_config = ml_collections.ConfigDict(workdir_guard.saved_config(workdir))
   if src_config.mode not in ("source", "projectable"):
     raise ValueError(
       f"config.{field}={workdir!r} holds a {src_config.mode!r} run; "

@@ -58,12 +58,13 @@ def _relevant(name: str) -> bool:
 
 
 def saved_config(workdir: str) -> dict | None:
-  """The config.json of the run in ``workdir``, or None."""
+  """The config.json of the run in ``workdir``, fields added since it was written at their
+  defaults (``config_lib.with_defaults``), or None."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    return config_lib.with_defaults(json.load(f))
 
 
 def holds_run(workdir: str) -> bool:
@@ -97,7 +98,7 @@ def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config(workdir)
   if saved is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
-  saved = _flatten(config_lib.with_defaults(saved))
+  saved = _flatten(saved)
   current = _flatten(json.loads(config.to_json_best_effort()))
   diff = [
     f"  {name}: workdir has {saved.get(name)!r}, config has {current.get(name)!r}"

@@ -1,6 +1,9 @@
 """Starting runs from a trained source in another workdir."""
 
 import dataclasses
+import json
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -41,6 +44,22 @@ def _source_config(config):
   source_config = config.copy_and_resolve_references()
   source_config.mode = "source"
   return source_config
+
+
+def test_a_source_written_before_a_config_field_existed_still_starts_runs(
+  tiny_config, source_workdir, tmp_path
+):
+  old = str(tmp_path / "old_source")
+  shutil.copytree(source_workdir, old)
+  with open(os.path.join(old, "config.json")) as f:
+    saved = json.load(f)
+  del saved["train"]["unroll_layers"]
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(saved, f)
+  tiny_config.mode, tiny_config.init.source_workdir = "specialists", old
+  source = warmstart.load_source(tiny_config, data_lib.load(tiny_config.data))
+  _, trained, _ = train.restore_params(_source_config(tiny_config), source_workdir)
+  jax.tree.map(np.testing.assert_array_equal, source, trained["source"])
 
 
 def test_mismatched_source_architecture_is_refused(tiny_config, source_workdir):
