@@ -181,8 +181,15 @@ def attention(x_BxLxD: jax.Array, w: dict[str, jax.Array], heads: int) -> jax.Ar
 
 
 def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array]) -> jax.Array:
-  h_BxLxF = jax.nn.gelu(x_BxLxD @ w["w1"] + lead(w["b1"], x_BxLxD))
-  return h_BxLxF @ w["w2"] + lead(w["b2"], x_BxLxD)
+  """GELU MLP on the tokens flattened to (B*L, D).
+
+  Flat, each weight gradient is one dot contracting the token axis; on (B, L, D) XLA
+  contracts two axes and transposes the gradient first, 1.5x slower on CPU
+  (benchmarks/README.md).
+  """
+  x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])
+  h_NxF = jax.nn.gelu(x_NxD @ w["w1"] + lead(w["b1"], x_NxD))
+  return (h_NxF @ w["w2"] + lead(w["b2"], x_NxD)).reshape(x_BxLxD.shape)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
