@@ -20,7 +20,7 @@ from absl import app, flags
 from benchmarks import run as bench
 from configs import digits
 from projectable import data as data_lib
-from projectable import sharding
+from projectable import host_memory, sharding
 
 FLAGS = flags.FLAGS
 
@@ -58,6 +58,7 @@ def op_times(trace_dir: str) -> collections.Counter:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_memory.retain_freed_memory()  # As the entry points (launch/train.py) do.
   sizes = bench.QUICK if FLAGS.quick else bench.FULL
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):

@@ -25,7 +25,7 @@ from absl import app, flags
 
 from benchmarks import common
 from configs import digits
-from projectable import compare, flops, frontier, model, modes, projector, sharding
+from projectable import compare, flops, frontier, host_memory, model, modes, projector, sharding
 from projectable import data as data_lib
 from projectable.trainer import Trainer
 
@@ -367,8 +367,12 @@ def projection_seconds(sizes: Sizes, d: int, ds: int) -> float:
   return common.median_seconds(lambda _: emit(source, proj, task_C), sizes.repeats)
 
 
-def run(quick: bool, out: str) -> dict:
-  """Runs every benchmark, prints a table, writes ``out``; returns the results."""
+def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
+  """Runs every benchmark, prints a table, writes ``out``; returns the results.
+
+  ``retained_memory`` records whether ``host_memory.retain_freed_memory`` applied, as the
+  entry points do (``main``; the in-process test runs without it).
+  """
   sizes = QUICK if quick else FULL
   data = data_lib.load(digits.get_config().data)
   mesh = sharding.make_mesh("data:1,model:1")
@@ -384,6 +388,7 @@ def run(quick: bool, out: str) -> dict:
     "quick": quick,
     "device": f"{device.platform} {device.device_kind}",
     "cpus": os.cpu_count(),
+    "retained_memory": retained_memory,
   }
   print(f"{meta['device']}, quick={quick}, medians of {sizes.repeats}")
   for key, entry in results.items():
@@ -396,7 +401,7 @@ def run(quick: bool, out: str) -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  run(FLAGS.quick, FLAGS.out)
+  run(FLAGS.quick, FLAGS.out, host_memory.retain_freed_memory())
 
 
 if __name__ == "__main__":

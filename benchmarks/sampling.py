@@ -16,7 +16,7 @@ from absl import app, flags
 from benchmarks.common import sample_seconds
 from configs import digits
 from projectable import data as data_lib
-from projectable import flops, model, modes
+from projectable import flops, host_memory, model, modes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batches", ["1", "64"], "Images drawn per call.")
@@ -26,6 +26,7 @@ flags.DEFINE_integer("repeats", 5, "Timed calls per row (median reported).")
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_memory.retain_freed_memory()  # As the entry points (launch/train.py) do.
   config = digits.get_config()
   data = data_lib.load(config.data)
   task_C = data.task_descriptors()[0]

@@ -14,7 +14,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import compare, log_filters
+from projectable import compare, host_memory, log_filters
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
+  host_memory.retain_freed_memory()
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.sweep:
     field, sep, values = FLAGS.sweep.partition("=")

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import compare, frontier, log_filters
+from projectable import compare, frontier, host_memory, log_filters
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
+  host_memory.retain_freed_memory()
   try:
     budgets = [float(fractions.Fraction(b)) for b in FLAGS.budgets]
   except ValueError as e:

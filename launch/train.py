@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from projectable import distributed, log_filters, train, workdir_guard
+from projectable import distributed, host_memory, log_filters, train, workdir_guard
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
+  host_memory.retain_freed_memory()
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   logging.info("Config:\n%s", FLAGS.config)
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
