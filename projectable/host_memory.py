@@ -17,14 +17,14 @@ import platform
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_INT_MAX = 2**31 - 1  # mallopt takes an int.
+_NEVER = -1  # As M_TRIM_THRESHOLD: never give the heap's free top back (mallopt(3)).
 
 
 def retain_freed_memory() -> bool:
   """Makes glibc's malloc keep freed memory for reuse instead of returning it to the OS.
 
-  One arena for all threads, no ``mmap`` for large blocks, and the heap's free top kept
-  (up to 2 GiB): the process's resident memory stays at its peak, as with an accelerator's
+  One arena for all threads, no ``mmap`` for large blocks, and the heap's free top never
+  trimmed: the process's resident memory stays at its peak, as with an accelerator's
   memory pool. Takes effect for threads that have not allocated yet, so call it before
   JAX starts its CPU backend (the first JAX computation). Returns whether it applied:
   False where the C library is not glibc (macOS, musl), where nothing changes.
@@ -33,5 +33,5 @@ def retain_freed_memory() -> bool:
     return False
   mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER))
   return all(mallopt(param, value) == 1 for param, value in settings)
