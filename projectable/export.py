@@ -48,10 +48,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config from ``workdir/config.json``."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"no workdir at {workdir}")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  saved = workdir_guard.saved_config(workdir)
+  if saved is None:
     raise FileNotFoundError(f"{workdir} has no config.json; is it a workdir of launch/train.py?")
-  return ml_collections.ConfigDict(workdir_guard.saved_config(workdir))
+  return ml_collections.ConfigDict(saved)
 
 
 def _saved_steps(workdir: str, kind: str) -> list[int]:

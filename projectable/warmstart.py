@@ -18,8 +18,6 @@ specialists run (``initial_state`` loads both).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 
@@ -57,13 +55,13 @@ def _named_workdir(config: ml_collections.ConfigDict, field: str) -> str:
 def _source_config(config: ml_collections.ConfigDict, field: str) -> ml_collections.ConfigDict:
   """The config of the run that ``config.<field>`` names, checked against ``config``."""
   workdir = _named_workdir(config, field)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = workdir_guard.saved_config(workdir)
+  if saved is None:
     raise FileNotFoundError(
       f"config.{field}={workdir!r} has no config.json: train a source there "
       "first (--config.mode=source) or fix the path"
     )
-  src_config = ml_collections.ConfigDict(workdir_guard.saved_config(workdir))
+  src_config = ml_collections.ConfigDict(saved)
   if src_config.mode not in ("source", "projectable"):
     raise ValueError(
       f"config.{field}={workdir!r} holds a {src_config.mode!r} run; "
