@@ -9,6 +9,7 @@ import jax
 from absl import logging
 from ml_collections import ConfigDict
 
+from projectable.model import COMPUTE_DTYPES
 from projectable.projector import FORMS
 from projectable.sharding import parse_mesh, rules_from_config
 
@@ -79,6 +80,13 @@ def base_config() -> ConfigDict:
   # activations for the backward pass (train steps 20-28% faster on CPU, benchmarks/README.md);
   # compile time grows with depth (projectable step at depth 24: 43 s against 19 s scanned).
   c.train.unroll_layers = True
+  # Dtype of every matmul's inputs, accumulated in float32 ('bfloat16' for TPUs and GPUs;
+  # on CPUs without AMX it is slower). Weights, optimizer, LayerNorm, softmax stay float32.
+  c.train.compute_dtype = "float32"
+  # Recompute each block's activations in the backward pass, keeping only its input: less
+  # activation memory (launch/plan.py reports it) for one more forward pass of compute. Needs
+  # unroll_layers=False: unrolled, XLA schedules the recomputation into the forward pass.
+  c.train.remat = False
   # A non-finite loss or gradient: 'stop' raises naming the step; 'skip' leaves the weights and
   # optimizer unchanged for that step and raises after max_skipped_steps consecutive skips.
   c.train.nonfinite = "stop"
@@ -270,9 +278,16 @@ def validate(config: ConfigDict) -> None:
   )
   _number_at_least(config, "train.weight_decay", 0)
   _number_at_least(config, "train.grad_clip", 0, strict=True)
-  for field in ("freeze_source", "unroll_layers"):
+  for field in ("freeze_source", "unroll_layers", "remat"):
     _check(isinstance(train[field], bool), f"train.{field}", train[field], "must be True or False")
   _one_of(config, "train.nonfinite", NONFINITE_POLICIES)
+  _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
+  _check(
+    not (train.remat is True and train.unroll_layers is True),
+    "train.remat",
+    train.remat,
+    "saves no memory with unrolled layers; also pass --config.train.unroll_layers=False",
+  )
   for name in ("model", "small"):
     for field in ("d", "heads", "mlp_dim", "depth"):
       _positive_int(config, f"{name}.{field}")

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 LN_EPS = 1e-6
+# Compute dtypes of the matrix products (weights, LayerNorm, softmax and losses stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,8 @@ class ModelConfig:
   depth: int  # Number of blocks.
   dropout: float = 0.0  # Residual and embedding dropout rate in training.
   unroll: bool = False  # Unroll the layer scan: faster steps, longer compiles (config.train).
+  compute_dtype: str = "float32"  # Matmul inputs' dtype, float32 accumulation (config.train).
+  remat: bool = False  # Recompute each block in the backward pass (config.train).
 
   @property
   def head_dim(self) -> int:
@@ -80,6 +84,8 @@ class Blocks(nnx.Module):
     self.heads = cfg.heads
     self.dropout = cfg.dropout
     self.unroll = cfg.unroll
+    self.compute_dtype = cfg.compute_dtype
+    self.remat = cfg.remat
 
   def layer_weights(self) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
@@ -89,15 +95,19 @@ class Blocks(nnx.Module):
     depth = weights["wq"].shape[0]
     keys = jax.random.split(dropout_key, depth) if dropout_key is not None else None
 
+    dtype = self.compute_dtype
+
     def body(x, layer):
       w, key = layer
       k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
-      x = x + dropout(
-        attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"]), w, self.heads), self.dropout, k_attn
-      )
-      x = x + dropout(mlp(layer_norm(x, w["ln2_scale"], w["ln2_bias"]), w), self.dropout, k_mlp)
+      h = layer_norm(x, w["ln1_scale"], w["ln1_bias"])
+      x = x + dropout(attention(h, w, self.heads, dtype), self.dropout, k_attn)
+      h = layer_norm(x, w["ln2_scale"], w["ln2_bias"])
+      x = x + dropout(mlp(h, w, dtype), self.dropout, k_mlp)
       return x, None
 
+    if self.remat:  # Keep only each block's input for the backward pass.
+      body = jax.checkpoint(body)
     x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (weights, keys), unroll=self.unroll)
     return x_BxLxD
 
@@ -142,7 +152,7 @@ class Transformer(nnx.Module):
     x_BxLxD = dropout(self.embed(tokens_BxL, task_BxC), self.cfg.dropout, k_embed)
     x_BxLxD = self.blocks(x_BxLxD, k_blocks)
     x_BxLxD = layer_norm(x_BxLxD, self.final_ln_scale[...], self.final_ln_bias[...])
-    logits_BxLxV = x_BxLxD @ self.unembed[...]
+    logits_BxLxV = einsum("bld,dv->blv", x_BxLxD, self.unembed[...], self.cfg.compute_dtype)
     return logits_BxLxV + lead(self.unembed_bias[...], logits_BxLxV)
 
 
@@ -157,30 +167,38 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * lead(scale, x) + lead(bias, x)
 
 
-def attention(x_BxLxD: jax.Array, w: dict[str, jax.Array], heads: int) -> jax.Array:
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: str = "float32") -> jax.Array:
+  """``jnp.einsum`` of two operands cast to ``dtype``, accumulated and returned in float32."""
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def attention(
+  x_BxLxD: jax.Array, w: dict[str, jax.Array], heads: int, dtype: str = "float32"
+) -> jax.Array:
   """Causal multi-head self-attention of one layer's weights ``w``.
 
   Heads-major einsums: on CPU about twice as fast (forward + backward) as
   ``jax.nn.dot_product_attention`` on (B, L, H, K) tensors (benchmarks/README.md).
+  Products take ``dtype`` inputs; the softmax is float32.
   """
   d, a = w["wq"].shape
   head_dim = a // heads
   q, k, v = (
-    jnp.einsum("bld,dhk->bhlk", x_BxLxD, w[n].reshape(d, heads, head_dim))
+    einsum("bld,dhk->bhlk", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype)
     for n in ("wq", "wk", "wv")
   )
-  scores_BxHxLxL = jnp.einsum("bhqk,bhsk->bhqs", q, k) * (head_dim**-0.5)
+  scores_BxHxLxL = einsum("bhqk,bhsk->bhqs", q, k, dtype) * (head_dim**-0.5)
   length = x_BxLxD.shape[1]
   causal_LxL = jnp.tril(jnp.ones((length, length), bool))
   scores_BxHxLxL = jnp.where(
     causal_LxL[None, None], scores_BxHxLxL, jnp.finfo(scores_BxHxLxL.dtype).min
   )
   probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
-  o_BxHxLxK = jnp.einsum("bhqs,bhsk->bhqk", probs_BxHxLxL, v)
-  return jnp.einsum("bhlk,hkd->bld", o_BxHxLxK, w["wo"].reshape(heads, head_dim, d))
+  o_BxHxLxK = einsum("bhqs,bhsk->bhqk", probs_BxHxLxL, v, dtype)
+  return einsum("bhlk,hkd->bld", o_BxHxLxK, w["wo"].reshape(heads, head_dim, d), dtype)
 
 
-def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array]) -> jax.Array:
+def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array], dtype: str = "float32") -> jax.Array:
   """GELU MLP on the tokens flattened to (B*L, D).
 
   Flat, each weight gradient is one dot contracting the token axis; on (B, L, D) XLA
@@ -188,8 +206,8 @@ def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array]) -> jax.Array:
   (benchmarks/README.md).
   """
   x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])
-  h_NxF = jax.nn.gelu(x_NxD @ w["w1"] + lead(w["b1"], x_NxD))
-  return (h_NxF @ w["w2"] + lead(w["b2"], x_NxD)).reshape(x_BxLxD.shape)
+  h_NxF = jax.nn.gelu(einsum("nd,df->nf", x_NxD, w["w1"], dtype) + lead(w["b1"], x_NxD))
+  return (einsum("nf,fd->nd", h_NxF, w["w2"], dtype) + lead(w["b2"], x_NxD)).reshape(x_BxLxD.shape)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:

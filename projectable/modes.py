@@ -48,6 +48,8 @@ def source_config(config: ml_collections.ConfigDict, data: TaskData) -> ModelCon
     m.depth,
     m.dropout,
     config.train.unroll_layers,
+    config.train.compute_dtype,
+    config.train.remat,
   )
 
 
@@ -65,6 +67,8 @@ def small_config(
     s.depth,
     s.dropout,
     config.train.unroll_layers,
+    config.train.compute_dtype,
+    config.train.remat,
   )
 
 

@@ -3,7 +3,8 @@
 Parameter and optimizer-state bytes per device come from ``jax.eval_shape`` of
 the real initialisation and the shardings the rules give each weight (the
 largest shard, as a device holds it). Activation bytes are an analytic count
-of what one step keeps for the backward pass (no rematerialisation).
+of what one step keeps for the backward pass (``train.remat``: block inputs, plus one
+block's activations while it is recomputed).
 FLOPs per step come from ``projectable.flops``.
 """
 
@@ -36,6 +37,8 @@ def activation_bytes_per_sequence(cfg: ModelConfig, bytes_per_float: int = 4) ->
   # attention probabilities (heads x L), MLP pre- and post-activation (2f).
   per_layer = l * (5 * d + 4 * a + 2 * f + cfg.heads * l)
   logits = 2 * l * cfg.vocab_size  # logits and log-probabilities
+  if cfg.remat:
+    return bytes_per_float * (cfg.depth * l * d + per_layer + logits)
   return bytes_per_float * (cfg.depth * per_layer + logits)
 
 

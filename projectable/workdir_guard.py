@@ -36,6 +36,8 @@ _TRAIN_MAY_CHANGE = {
   "keep_checkpoints",
   "eval_chunk",
   "unroll_layers",
+  "compute_dtype",
+  "remat",
   "nonfinite",
   "max_skipped_steps",
 }

@@ -26,6 +26,7 @@ BAD_VALUES = [
   ("model.dropout", 1.5, "config.model.dropout"),
   ("mesh", "data:3,model:2", "config.mesh"),
   ("train.examples_per_task", 3, "config.train.examples_per_task"),
+  ("train.remat", True, "config.train.remat"),  # With the default unrolled layers.
 ]
 
 
@@ -110,7 +111,9 @@ BAD = {
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
+  "train.remat": st.none() | st.integers() | st.text(max_size=4),
   "train.nonfinite": _other_text(config_lib.NONFINITE_POLICIES),
+  "train.compute_dtype": _other_text(config_lib.COMPUTE_DTYPES),
   "model.d": _not_positive_int(),
   "model.heads": _not_positive_int(),
   "small.depth": _not_positive_int(),
