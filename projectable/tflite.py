@@ -11,6 +11,7 @@ LiteRT are imported on first use only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -35,6 +36,9 @@ def convert(cfg: ModelConfig, params: dict, directory: str) -> str:
       f"only unconditional specialists convert (num_classes=0), got num_classes={cfg.num_classes}"
     )
   params = jax.device_get(params)
+  # TFLite's kernels take no bfloat16: a specialist trained with bfloat16 products runs them
+  # in float32 there (its logits then differ from JAX's by bfloat16 rounding).
+  cfg = dataclasses.replace(cfg, compute_dtype="float32")
   logits_fn = jax2tf.convert(lambda tokens: model.apply(cfg, params, tokens), with_gradient=False)
   module = tf.Module()
   module.logits = tf.function(

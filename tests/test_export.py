@@ -1,8 +1,10 @@
 """One-shot export (launch/export.py), TFLite conversion and launch/sample.py on a tiny run."""
 
+import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from absl import app
@@ -138,6 +140,16 @@ def test_tflite_logits_match_jax(workdir, tmp_path, digit3_test_tokens):
   tokens = digit3_test_tokens[:8]
   litert = tflite.litert_logits(str(out / "3" / tflite.TFLITE_FILE), tokens)
   np.testing.assert_allclose(litert, np.asarray(specialist.logits(tokens)), atol=1e-4, rtol=0)
+
+
+def test_tflite_of_a_bfloat16_specialist_computes_in_float32(tmp_path):
+  """LiteRT has no bfloat16 kernels: the flatbuffer runs the float32 model's products."""
+  bf16 = model.ModelConfig(17, 64, 0, 16, 2, 32, 2, compute_dtype="bfloat16")
+  params = model.init_params(bf16, jax.random.key(0))
+  path = tflite.convert(bf16, params, str(tmp_path))
+  tokens = np.random.default_rng(0).integers(0, 17, (2, 64), dtype=np.int32)
+  f32 = model.apply(dataclasses.replace(bf16, compute_dtype="float32"), params, tokens)
+  np.testing.assert_allclose(tflite.litert_logits(path, tokens), f32, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("source", ["specialist", "workdir"])
