@@ -1,0 +1,80 @@
+r"""What ``host_memory.retain_freed_memory`` costs emission and buys a train step.
+
+  PYTHONPATH=. python benchmarks/allocator.py              # both cores
+  PYTHONPATH=. taskset -c 0 python benchmarks/allocator.py # one core
+
+Runs the same measurement in two fresh processes, glibc's default allocator and the
+retained one: a jitted ``projector.project`` at the benchmark sizes (perturbed rank-8
+projector; median of 9), then the source train step (median of 5), then ``project``
+again in the same process. Prints one row per process; no thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def measure(retained: bool) -> dict:
+  """The three timings in this process (call first thing, before JAX starts)."""
+  from projectable import host_memory
+
+  applied = host_memory.retain_freed_memory() if retained else False
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks import common
+  from benchmarks import run as bench
+  from configs import digits
+  from projectable import data as data_lib
+  from projectable import model, projector, sharding
+
+  src = model.ModelConfig(17, 64, 10, 256, 8, 1024, 6)
+  small = model.ModelConfig(17, 64, 0, 64, 4, 256, 6)
+  source = model.init_params(src, jax.random.key(0))
+  proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
+  proj = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(2), x.shape), proj)
+  emit, task_C = jax.jit(projector.project), jnp.eye(10)[0]
+
+  def emit_ms() -> float:
+    return 1e3 * common.median_seconds(lambda _: emit(source, proj, task_C), 9)
+
+  fresh = emit_ms()
+  data = data_lib.load(digits.get_config().data)
+  with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
+    config = bench.bench_config(bench.FULL, "source")
+    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, 8, 0)
+    step_s, _ = bench.step_seconds(bench.make_trainer(config, data), batcher.batch(0), 5)
+  return {"retained": applied, "emit_fresh_ms": fresh, "step_s": step_s, "emit_after_ms": emit_ms()}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.child is not None:
+    print(json.dumps(measure(FLAGS.child)))
+    return
+  print(f"{'allocator':<10} {'project fresh':>14} {'source step':>12} {'project after':>14}")
+  for retained in (False, True):
+    out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.allocator", f"--child={retained}"],
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    name = "retained" if row["retained"] else "default"
+    print(
+      f"{name:<10} {row['emit_fresh_ms']:>11.2f} ms {row['step_s']:>10.3f} s "
+      f"{row['emit_after_ms']:>11.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+  flags.DEFINE_bool("child", None, "Internal: measure in this process (True: retained).")
+  app.run(main)
