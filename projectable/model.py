@@ -42,6 +42,10 @@ class ModelConfig:
   compute_dtype: str = "float32"  # Matmul inputs' dtype, float32 accumulation (config.train).
   remat: bool = False  # Recompute each block in the backward pass (config.train).
 
+  def __post_init__(self):
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"compute_dtype={self.compute_dtype!r}: must be one of {COMPUTE_DTYPES}")
+
   @property
   def head_dim(self) -> int:
     return self.d // self.heads

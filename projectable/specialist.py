@@ -175,7 +175,7 @@ def _model_config(fields: object, config_path: str) -> ModelConfig:
     )
   try:
     cfg = ModelConfig(**fields)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ValueError(f"{config_path}: bad 'model' entry: {e}") from e
   if cfg.num_classes:
     raise ValueError(

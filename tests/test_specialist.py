@@ -190,6 +190,12 @@ def test_bad_model_entry(copy_of_saved):
     load_specialist(copy_of_saved)
 
 
+def test_unknown_compute_dtype(copy_of_saved):
+  _edit_config(copy_of_saved, compute_dtype="float16")
+  with pytest.raises(ValueError, match=r"bad 'model' entry: compute_dtype='float16'"):
+    load_specialist(copy_of_saved)
+
+
 def test_missing_pieces(copy_of_saved, tmp_path):
   with pytest.raises(FileNotFoundError, match="no specialist directory"):
     load_specialist(str(tmp_path / "nowhere"))
