@@ -4,9 +4,9 @@ r"""What ``host_memory.retain_freed_memory`` costs emission and buys a train ste
   PYTHONPATH=. taskset -c 0 python benchmarks/allocator.py # one core
 
 Runs the same measurement in two fresh processes, glibc's default allocator and the
-retained one: a jitted ``projector.project`` at the benchmark sizes (perturbed rank-8
-projector; median of 9), then the source train step (median of 5), then ``project``
-again in the same process. Prints one row per process; no thresholds.
+retained one: a jitted ``projector.project`` at the benchmark sizes
+(``run.projection_seconds``), then the source train step, then ``project`` again in the
+same process; medians of 5. Prints one row per process; no thresholds.
 """
 
 from __future__ import annotations
@@ -26,31 +26,26 @@ def measure(retained: bool) -> dict:
 
   applied = host_memory.retain_freed_memory() if retained else False
   import jax
-  import jax.numpy as jnp
 
-  from benchmarks import common
   from benchmarks import run as bench
   from configs import digits
   from projectable import data as data_lib
-  from projectable import model, projector, sharding
+  from projectable import sharding
 
-  src = model.ModelConfig(17, 64, 10, 256, 8, 1024, 6)
-  small = model.ModelConfig(17, 64, 0, 64, 4, 256, 6)
-  source = model.init_params(src, jax.random.key(0))
-  proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
-  proj = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(2), x.shape), proj)
-  emit, task_C = jax.jit(projector.project), jnp.eye(10)[0]
-
-  def emit_ms() -> float:
-    return 1e3 * common.median_seconds(lambda _: emit(source, proj, task_C), 9)
-
-  fresh = emit_ms()
+  sizes = bench.FULL
+  fresh_s = bench.projection_seconds(sizes, 256, 64)
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
-    config = bench.bench_config(bench.FULL, "source")
-    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, 8, 0)
-    step_s, _ = bench.step_seconds(bench.make_trainer(config, data), batcher.batch(0), 5)
-  return {"retained": applied, "emit_fresh_ms": fresh, "step_s": step_s, "emit_after_ms": emit_ms()}
+    config = bench.bench_config(sizes, "source")
+    batch = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+    step_s, _ = bench.step_seconds(bench.make_trainer(config, data), batch.batch(0), sizes.repeats)
+  after_s = bench.projection_seconds(sizes, 256, 64)
+  return {
+    "retained": applied,
+    "emit_fresh_ms": fresh_s * 1e3,
+    "step_s": step_s,
+    "emit_after_ms": after_s * 1e3,
+  }
 
 
 def main(argv: list[str]) -> None:

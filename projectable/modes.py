@@ -37,38 +37,31 @@ from projectable.model import ModelConfig
 
 
 def source_config(config: ml_collections.ConfigDict, data: TaskData) -> ModelConfig:
-  m = config.model
-  return ModelConfig(
-    data.levels,
-    data.seq_len,
-    data.num_classes,
-    m.d,
-    m.heads,
-    m.mlp_dim,
-    m.depth,
-    m.dropout,
-    config.train.unroll_layers,
-    config.train.compute_dtype,
-    config.train.remat,
-  )
+  return _model_config(config.model, config.train, data, data.num_classes)
 
 
 def small_config(
   config: ml_collections.ConfigDict, data: TaskData, conditional: bool
 ) -> ModelConfig:
-  s = config.small
+  return _model_config(config.small, config.train, data, data.num_classes if conditional else 0)
+
+
+def _model_config(
+  arch: ml_collections.ConfigDict, train: ml_collections.ConfigDict, data: TaskData, classes: int
+) -> ModelConfig:
+  """One architecture section (model or small) with the run's data and train options."""
   return ModelConfig(
-    data.levels,
-    data.seq_len,
-    data.num_classes if conditional else 0,
-    s.d,
-    s.heads,
-    s.mlp_dim,
-    s.depth,
-    s.dropout,
-    config.train.unroll_layers,
-    config.train.compute_dtype,
-    config.train.remat,
+    vocab_size=data.levels,
+    seq_len=data.seq_len,
+    num_classes=classes,
+    d=arch.d,
+    heads=arch.heads,
+    mlp_dim=arch.mlp_dim,
+    depth=arch.depth,
+    dropout=arch.dropout,
+    unroll=train.unroll_layers,
+    compute_dtype=train.compute_dtype,
+    remat=train.remat,
   )
 
 

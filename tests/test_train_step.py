@@ -10,16 +10,25 @@ from projectable.modes import make_method
 from projectable.trainer import Trainer
 
 
-def _run_steps(config, num_steps):
+def _trainer(config):
+  """The mesh, a trainer and the batcher of ``config``."""
   data = data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     trainer = Trainer(config, make_method(config, data), mesh)
+  train = config.train
+  return (
+    mesh,
+    trainer,
+    data_lib.TaskBatcher(data, train.batch_tasks, train.examples_per_task, config.seed),
+  )
+
+
+def _run_steps(config, num_steps):
+  mesh, trainer, batcher = _trainer(config)
+  with jax.set_mesh(mesh):
     state = trainer.init_state(jax.random.key(config.seed))
     before = jax.device_get(state["params"])
-    batcher = data_lib.TaskBatcher(
-      data, config.train.batch_tasks, config.train.examples_per_task, config.seed
-    )
     losses = []
     for step in range(num_steps):
       state, metrics = trainer.train_step(state, trainer.place_batch(batcher.batch(step)))
@@ -110,12 +119,8 @@ def test_bfloat16_products_train_near_float32_with_float32_weights(tiny_config):
 
 def _step_temp_bytes(config) -> int:
   """Temporary bytes of the compiled train step (XLA's buffer assignment)."""
-  data = data_lib.load(config.data)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh, trainer, batcher = _trainer(config)
   with jax.set_mesh(mesh):
-    trainer = Trainer(config, make_method(config, data), mesh)
-    train = config.train
-    batcher = data_lib.TaskBatcher(data, train.batch_tasks, train.examples_per_task, 0)
     batch = trainer.place_batch(batcher.batch(0))
     compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
   return compiled.memory_analysis().temp_size_in_bytes
