@@ -278,28 +278,44 @@ def emission(sizes: Sizes, data) -> dict:
 
 
 def sample_speedup(sizes: Sizes, data) -> dict:
-  """Specialist/source KV-cached tokens/s at batch 1 and 64, over their forward FLOP ratio."""
+  """Specialist/source KV-cached tokens/s at batch 1 and 64, over their forward FLOP ratio.
+
+  The value is at the benchmark's small width; ``per_width`` repeats the ratio for
+  specialists half and twice as wide (same head width, mlp 4x), against the same source
+  timings, to show how it depends on the width ratio.
+  """
   config = bench_config(sizes, "projectable")
-  src, small = modes.source_config(config, data), modes.small_config(config, data, False)
+  src = modes.source_config(config, data)
   task_C = data.task_descriptors()[0]
-  flop_ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
   src_params = model.init_params(src, jax.random.key(0))
-  small_params = model.init_params(small, jax.random.key(1))
-  per_batch = {}
-  for batch in (1, 64):
-    src_s = common.sample_seconds(src, src_params, task_C, batch, sizes.repeats)
-    small_s = common.sample_seconds(small, small_params, None, batch, sizes.repeats)
-    per_batch[batch] = {
-      "source_tokens_per_s": batch * src.seq_len / src_s,
-      "specialist_tokens_per_s": batch * small.seq_len / small_s,
-      "speedup_over_flop_ratio": src_s / small_s / flop_ratio,
-    }
+  batches = (1, 64)
+  src_s = {b: common.sample_seconds(src, src_params, task_C, b, sizes.repeats) for b in batches}
+  head_dim = sizes.small["d"] // sizes.small["heads"]
+  per_width = {}
+  for ds in (sizes.small["d"] // 2, sizes.small["d"], 2 * sizes.small["d"]):
+    config.small.update(d=ds, heads=ds // head_dim, mlp_dim=4 * ds)
+    small = modes.small_config(config, data, False)
+    small_params = model.init_params(small, jax.random.key(1))
+    flop_ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
+    per_batch = {}
+    for b in batches:
+      small_s = common.sample_seconds(small, small_params, None, b, sizes.repeats)
+      per_batch[b] = {
+        "source_tokens_per_s": b * src.seq_len / src_s[b],
+        "specialist_tokens_per_s": b * small.seq_len / small_s,
+        "speedup_over_flop_ratio": src_s[b] / small_s / flop_ratio,
+      }
+    per_width[ds] = {"flop_ratio": flop_ratio, "per_batch": per_batch}
+  at_size = per_width[sizes.small["d"]]
   return {
     "sample_speedup": {
-      "value": min(b["speedup_over_flop_ratio"] for b in per_batch.values()),
-      "inputs": {"source": sizes.source, "small": sizes.small, "batches": [1, 64]},
-      "flop_ratio": flop_ratio,
-      "per_batch": per_batch,
+      "value": min(b["speedup_over_flop_ratio"] for b in at_size["per_batch"].values()),
+      "inputs": {"source": sizes.source, "small": sizes.small, "batches": list(batches)},
+      **at_size,
+      "per_width": {
+        ds: {b: e["speedup_over_flop_ratio"] for b, e in w["per_batch"].items()}
+        for ds, w in per_width.items()
+      },
     }
   }
 

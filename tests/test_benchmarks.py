@@ -31,6 +31,9 @@ def test_quick_benchmarks_produce_every_figure(tmp_path):
     assert results[key]["inputs"], key
   for extra in ("all_tasks_ms", "core_ms", "from_core_ms"):
     assert math.isfinite(results["emit_ms"][extra]) and results["emit_ms"][extra] > 0, extra
+  widths = results["sample_speedup"]["per_width"]
+  assert sorted(map(int, widths)) == [8, 16, 32]  # Half, equal and twice the small width.
+  assert all(math.isfinite(r) and r > 0 for w in widths.values() for r in w.values())
   assert results["step_compiles"]["value"] == 1
   assert set(results["step_compiles"]["per_mode"].values()) == {1}
 
