@@ -1,10 +1,15 @@
-r"""Where a train step's time goes: XLA ops ranked by time in a ``jax.profiler`` trace.
+r"""Where a call's time goes: XLA ops ranked by time in a ``jax.profiler`` trace.
 
   PYTHONPATH=. python benchmarks/profile.py --mode=projectable [--quick] [--top=30]
+  PYTHONPATH=. python benchmarks/profile.py --call=sample --mode=specialists --batch=64
+  PYTHONPATH=. python benchmarks/profile.py --call=project
 
-Traces two steps of ``--mode`` at the benchmark sizes (``benchmarks/run.py``) and prints
-each XLA op's time per step and count; the trace stays in ``--trace_dir`` for Perfetto or
-TensorBoard. Map an op name to its HLO with ``trainer.train_step.lower(...).compile().as_text()``.
+Traces two calls at the benchmark sizes (``benchmarks/run.py``) and prints each XLA op's
+time per call; the trace stays in ``--trace_dir`` for Perfetto or TensorBoard. ``--call``:
+``step``, a train step of ``--mode``; ``sample``, KV-cached sampling of ``--batch`` images
+from the source (``--mode=source``) or an unconditional specialist (any other mode; random
+weights); ``project``, a jitted ``projector.project`` of one task (random, perturbed rank-8
+projector). Map an op name to its HLO with ``.lower(...).compile().as_text()``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import collections
 import glob
 import gzip
 import json
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from absl import app, flags
@@ -20,21 +27,25 @@ from absl import app, flags
 from benchmarks import run as bench
 from configs import digits
 from projectable import data as data_lib
-from projectable import host_memory, sharding
+from projectable import host_memory, model, modes, projector, sampling, sharding
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a script (tests import this module)."""
-  modes = ["source", "projectable", "universal", "specialists"]
-  flags.DEFINE_enum("mode", "source", modes, "Which mode's train step.")
+  mode_names = ["source", "projectable", "universal", "specialists"]
+  flags.DEFINE_enum("call", "step", ["step", "sample", "project"], "What to trace.")
+  flags.DEFINE_enum(
+    "mode", "source", mode_names, "Train step's mode; sample: source or specialist."
+  )
+  flags.DEFINE_integer("batch", 64, "Images per sampling call.")
   flags.DEFINE_bool("quick", False, "Quick benchmark sizes.")
   flags.DEFINE_integer("top", 30, "Ops to print.")
   flags.DEFINE_string("trace_dir", "/tmp/projectable_profile", "Where the trace is written.")
 
 
-STEPS = 2
+CALLS = 2
 
 
 def op_times(trace_dir: str) -> collections.Counter:
@@ -55,6 +66,37 @@ def op_times(trace_dir: str) -> collections.Counter:
   return totals
 
 
+def traced_call(
+  call: str, mode: str, sizes: bench.Sizes, data: data_lib.TaskData, batch: int = 64
+) -> Callable[[], Any]:
+  """The call to trace (see the module docstring), ready to run again and again."""
+  config = bench.bench_config(sizes, mode)
+  if call == "sample":
+    source = mode == "source"
+    cfg = modes.source_config(config, data) if source else modes.small_config(config, data, False)
+    params = model.init_params(cfg, jax.random.key(0))
+    task_C = data.task_descriptors()[0] if source else None
+    return lambda: sampling.sample(cfg, params, batch, jax.random.key(1), task_C)
+  if call == "project":
+    src, small = modes.source_config(config, data), modes.small_config(config, data, False)
+    proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
+    proj = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(2), x.shape), proj)
+    source, task_C = model.init_params(src, jax.random.key(0)), data.task_descriptors()[0]
+    emit = jax.jit(projector.project)
+    return lambda: emit(source, proj, task_C)
+  trainer = bench.make_trainer(config, data)
+  batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+  placed = trainer.place_batch(batcher.batch(0))
+  state = trainer.init_state(jax.random.key(0))
+
+  def step():
+    nonlocal state
+    state, _ = trainer.train_step(state, placed)
+    return state
+
+  return step
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -62,19 +104,13 @@ def main(argv: list[str]) -> None:
   sizes = bench.QUICK if FLAGS.quick else bench.FULL
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
-    config = bench.bench_config(sizes, FLAGS.mode)
-    trainer = bench.make_trainer(config, data)
-    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
-    batch = trainer.place_batch(batcher.batch(0))
-    state = trainer.init_state(jax.random.key(0))
-    state, _ = trainer.train_step(state, batch)  # Compiles outside the trace.
-    jax.block_until_ready(state)
+    call = traced_call(FLAGS.call, FLAGS.mode, sizes, data, FLAGS.batch)
+    jax.block_until_ready(call())  # Compiles outside the trace.
     with jax.profiler.trace(FLAGS.trace_dir, create_perfetto_trace=True):
-      for _ in range(STEPS):
-        state, _ = trainer.train_step(state, batch)
-      jax.block_until_ready(state)
+      for _ in range(CALLS):
+        jax.block_until_ready(call())
   for name, micros in op_times(FLAGS.trace_dir).most_common(FLAGS.top):
-    print(f"{micros / 1e3 / STEPS:10.1f} ms/step  {name[:100]}")
+    print(f"{micros / 1e3 / CALLS:10.3f} ms/call  {name[:100]}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,27 @@ def test_profile_ranks_the_xla_ops_of_a_traced_call(tmp_path):
   totals = profile.op_times(str(tmp_path))
   assert totals and all(not n.startswith("$") and "::" not in n for n in totals)
   assert any("dot" in name or "fusion" in name for name in totals), totals
+
+
+def test_profile_traces_sampling_projection_and_steps_at_their_sizes():
+  import jax
+
+  from benchmarks import profile
+  from configs import digits
+  from projectable import data as data_lib
+
+  data = data_lib.load(digits.get_config().data)
+  sizes = run.QUICK
+  for mode in ("source", "specialists"):
+    tokens = profile.traced_call("sample", mode, sizes, data, batch=3)()
+    assert tokens.shape == (3, data.seq_len)
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < data.levels
+  small = profile.traced_call("project", "projectable", sizes, data)()
+  assert small["blocks"]["w1"].shape == (
+    sizes.source["depth"],
+    sizes.small["d"],
+    sizes.small["mlp_dim"],
+  )
+  step = profile.traced_call("step", "source", sizes, data)
+  first, second = (jax.device_get(step()["step"]) for _ in range(2))
+  assert second == first + 1  # Each call is one more train step on the kept state.
