@@ -8,8 +8,8 @@ Traces two calls at the benchmark sizes (``benchmarks/run.py``) and prints each 
 time per call; the trace stays in ``--trace_dir`` for Perfetto or TensorBoard. ``--call``:
 ``step``, a train step of ``--mode``; ``sample``, KV-cached sampling of ``--batch`` images
 from the source (``--mode=source``) or an unconditional specialist (any other mode; random
-weights); ``project``, a jitted ``projector.project`` of one task (random, perturbed rank-8
-projector). Map an op name to its HLO with ``.lower(...).compile().as_text()``.
+weights); ``project``, a jitted ``projector.project`` of one task (``run.projection_call``: random
+weights, rank-8 projector). Map an op name to its HLO with ``.lower(...).compile().as_text()``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from absl import app, flags
 from benchmarks import run as bench
 from configs import digits
 from projectable import data as data_lib
-from projectable import host_memory, model, modes, projector, sampling, sharding
+from projectable import host_memory, model, modes, sampling, sharding
 
 FLAGS = flags.FLAGS
 
@@ -78,12 +78,7 @@ def traced_call(
     task_C = data.task_descriptors()[0] if source else None
     return lambda: sampling.sample(cfg, params, batch, jax.random.key(1), task_C)
   if call == "project":
-    src, small = modes.source_config(config, data), modes.small_config(config, data, False)
-    proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
-    proj = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(2), x.shape), proj)
-    source, task_C = model.init_params(src, jax.random.key(0)), data.task_descriptors()[0]
-    emit = jax.jit(projector.project)
-    return lambda: emit(source, proj, task_C)
+    return bench.projection_call(sizes, sizes.source["d"], sizes.small["d"])
   trainer = bench.make_trainer(config, data)
   batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
   placed = trainer.place_batch(batcher.batch(0))

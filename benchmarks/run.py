@@ -16,6 +16,7 @@ import json
 import math
 import os
 import types
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -374,15 +375,21 @@ def scaling(sizes: Sizes) -> dict:
   return results
 
 
-def projection_seconds(sizes: Sizes, d: int, ds: int) -> float:
-  """Median time of a jitted ``project`` from a source of width d to a small model of width ds."""
+def projection_call(sizes: Sizes, d: int, ds: int) -> Callable[[], dict]:
+  """A compiled ``project`` of one task from a source of width d to a small model of width ds."""
   src = model.ModelConfig(17, 64, 10, d, sizes.source["heads"], 4 * d, sizes.source["depth"])
   small = model.ModelConfig(17, 64, 0, ds, sizes.small["heads"], 4 * ds, sizes.source["depth"])
   source = model.init_params(src, jax.random.key(0))
   proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
   emit = jax.jit(projector.project)
   task_C = jnp.eye(10, dtype=jnp.float32)[0]
-  return common.median_seconds(lambda _: emit(source, proj, task_C), sizes.repeats)
+  return lambda: emit(source, proj, task_C)
+
+
+def projection_seconds(sizes: Sizes, d: int, ds: int) -> float:
+  """Median time of a jitted ``project`` from a source of width d to a small model of width ds."""
+  call = projection_call(sizes, d, ds)
+  return common.median_seconds(lambda _: call(), sizes.repeats)
 
 
 def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
