@@ -9,7 +9,7 @@ import jax
 from absl import logging
 from ml_collections import ConfigDict
 
-from projectable.model import COMPUTE_DTYPES
+from projectable.model import ATTENTION_IMPLS, COMPUTE_DTYPES
 from projectable.projector import FORMS
 from projectable.sharding import parse_mesh, rules_from_config
 
@@ -87,6 +87,10 @@ def base_config() -> ConfigDict:
   # activation memory (launch/plan.py reports it) for one more forward pass of compute. Needs
   # unroll_layers=False: unrolled, XLA schedules the recomputation into the forward pass.
   c.train.remat = False
+  # Attention kernel: 'einsum' (heads-major einsums, fastest on CPU), 'xla' or 'cudnn'
+  # (jax.nn.dot_product_attention; cuDNN's is flash attention, no L x L probabilities
+  # kept: NVIDIA GPUs with compute_dtype='bfloat16'). All compute the same function.
+  c.train.attention = "einsum"
   # A non-finite loss or gradient: 'stop' raises naming the step; 'skip' leaves the weights and
   # optimizer unchanged for that step and raises after max_skipped_steps consecutive skips.
   c.train.nonfinite = "stop"
@@ -227,6 +231,19 @@ def _validate_distill(config: ConfigDict) -> None:
   )
 
 
+def check_backend(config: ConfigDict) -> None:
+  """Raises if this process's devices cannot run ``config`` (``validate`` checks the rest,
+  also for other machines: ``launch/plan.py``)."""
+  backend = jax.default_backend()
+  _check(
+    config.train.attention != "cudnn" or backend == "gpu",
+    "train.attention",
+    config.train.attention,
+    f"cuDNN's flash attention runs on NVIDIA GPUs, this process's backend is {backend!r}: "
+    "use 'einsum' or 'xla'",
+  )
+
+
 def validate(config: ConfigDict) -> None:
   """Checks every field's type and range before any data loading or compilation."""
   _one_of(config, "mode", MODES)
@@ -282,6 +299,13 @@ def validate(config: ConfigDict) -> None:
     _check(isinstance(train[field], bool), f"train.{field}", train[field], "must be True or False")
   _one_of(config, "train.nonfinite", NONFINITE_POLICIES)
   _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
+  _one_of(config, "train.attention", ATTENTION_IMPLS)
+  _check(
+    train.attention != "cudnn" or train.compute_dtype == "bfloat16",
+    "train.attention",
+    train.attention,
+    "cuDNN's flash attention takes 16-bit inputs: also pass --config.train.compute_dtype=bfloat16",
+  )
   _check(
     not (train.remat is True and train.unroll_layers is True),
     "train.remat",

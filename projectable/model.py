@@ -24,6 +24,9 @@ from flax import nnx
 LN_EPS = 1e-6
 # Compute dtypes of the matrix products (weights, LayerNorm, softmax and losses stay float32).
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Attention implementations: heads-major einsums (fastest on CPU), or
+# ``jax.nn.dot_product_attention`` with XLA's or cuDNN's (flash; NVIDIA GPUs, bfloat16) kernel.
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +44,13 @@ class ModelConfig:
   unroll: bool = False  # Unroll the layer scan: faster steps, longer compiles (config.train).
   compute_dtype: str = "float32"  # Matmul inputs' dtype, float32 accumulation (config.train).
   remat: bool = False  # Recompute each block in the backward pass (config.train).
+  attention: str = "einsum"  # Attention implementation, one of ATTENTION_IMPLS (config.train).
 
   def __post_init__(self):
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"compute_dtype={self.compute_dtype!r}: must be one of {COMPUTE_DTYPES}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"attention={self.attention!r}: must be one of {ATTENTION_IMPLS}")
 
   @property
   def head_dim(self) -> int:
@@ -90,6 +96,7 @@ class Blocks(nnx.Module):
     self.unroll = cfg.unroll
     self.compute_dtype = cfg.compute_dtype
     self.remat = cfg.remat
+    self.attention = cfg.attention
 
   def layer_weights(self) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
@@ -105,7 +112,7 @@ class Blocks(nnx.Module):
       w, key = layer
       k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
       h = layer_norm(x, w["ln1_scale"], w["ln1_bias"])
-      x = x + dropout(attention(h, w, self.heads, dtype), self.dropout, k_attn)
+      x = x + dropout(attention(h, w, self.heads, dtype, self.attention), self.dropout, k_attn)
       h = layer_norm(x, w["ln2_scale"], w["ln2_bias"])
       x = x + dropout(mlp(h, w, dtype), self.dropout, k_mlp)
       return x, None
@@ -177,16 +184,30 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: str = "float32") -> jax
 
 
 def attention(
-  x_BxLxD: jax.Array, w: dict[str, jax.Array], heads: int, dtype: str = "float32"
+  x_BxLxD: jax.Array,
+  w: dict[str, jax.Array],
+  heads: int,
+  dtype: str = "float32",
+  implementation: str = "einsum",
 ) -> jax.Array:
   """Causal multi-head self-attention of one layer's weights ``w``.
 
-  Heads-major einsums: on CPU about twice as fast (forward + backward) as
-  ``jax.nn.dot_product_attention`` on (B, L, H, K) tensors (benchmarks/README.md).
+  ``einsum``: heads-major einsums, on CPU 1.1-1.3x faster (forward + backward) than
+  ``jax.nn.dot_product_attention``'s XLA kernel on (B, L, H, K) tensors (benchmarks/README.md).
+  ``xla`` / ``cudnn``: that function with the named kernel; cuDNN's is flash attention
+  (no L x L probabilities kept) for NVIDIA GPUs and bfloat16 ``dtype``.
   Products take ``dtype`` inputs; the softmax is float32.
   """
   d, a = w["wq"].shape
   head_dim = a // heads
+  wo_HxKxD = w["wo"].reshape(heads, head_dim, d)
+  if implementation != "einsum":
+    q, k, v = (
+      einsum("bld,dhk->blhk", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype).astype(dtype)
+      for n in ("wq", "wk", "wv")
+    )
+    o_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    return einsum("blhk,hkd->bld", o_BxLxHxK, wo_HxKxD, dtype)
   q, k, v = (
     einsum("bld,dhk->bhlk", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype)
     for n in ("wq", "wk", "wv")
@@ -199,7 +220,7 @@ def attention(
   )
   probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
   o_BxHxLxK = einsum("bhqs,bhsk->bhqk", probs_BxHxLxL, v, dtype)
-  return einsum("bhlk,hkd->bld", o_BxHxLxK, w["wo"].reshape(heads, head_dim, d), dtype)
+  return einsum("bhlk,hkd->bld", o_BxHxLxK, wo_HxKxD, dtype)
 
 
 def mlp(x_BxLxD: jax.Array, w: dict[str, jax.Array], dtype: str = "float32") -> jax.Array:

@@ -62,6 +62,7 @@ def _model_config(
     unroll=train.unroll_layers,
     compute_dtype=train.compute_dtype,
     remat=train.remat,
+    attention=train.attention,
   )
 
 

@@ -34,8 +34,10 @@ def activation_bytes_per_sequence(cfg: ModelConfig, bytes_per_float: int = 4) ->
   """Activations one sequence keeps for the backward pass of ``cfg``."""
   l, d, a, f = cfg.seq_len, cfg.d, cfg.heads * cfg.head_dim, cfg.mlp_dim
   # Per layer: LN inputs/outputs and residuals (5d), q, k, v and attention output (4a),
-  # attention probabilities (heads x L), MLP pre- and post-activation (2f).
-  per_layer = l * (5 * d + 4 * a + 2 * f + cfg.heads * l)
+  # attention probabilities (heads x L; cuDNN's flash attention keeps one log-sum-exp a
+  # head instead), MLP pre- and post-activation (2f).
+  probs = cfg.heads * (1 if cfg.attention == "cudnn" else l)
+  per_layer = l * (5 * d + 4 * a + 2 * f + probs)
   logits = 2 * l * cfg.vocab_size  # logits and log-probabilities
   if cfg.remat:
     return bytes_per_float * (cfg.depth * l * d + per_layer + logits)

@@ -130,7 +130,10 @@ def save_specialist(
 
 
 def load_specialist(path: str) -> tuple[Specialist, dict]:
-  """The specialist saved at ``path`` and its metadata (config.json minus the model)."""
+  """The specialist saved at ``path`` and its metadata (config.json minus the model).
+
+  One saved with ``attention='cudnn'`` runs the einsum attention off NVIDIA GPUs.
+  """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no specialist directory at {path}")
@@ -181,6 +184,9 @@ def _model_config(fields: object, config_path: str) -> ModelConfig:
     raise ValueError(
       f"{config_path}: a specialist is unconditional, got num_classes={cfg.num_classes}"
     )
+  if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+    # Trained with cuDNN's kernel on a GPU; the einsums compute the same function here.
+    cfg = dataclasses.replace(cfg, attention="einsum")
   return cfg
 
 

@@ -36,9 +36,9 @@ def convert(cfg: ModelConfig, params: dict, directory: str) -> str:
       f"only unconditional specialists convert (num_classes=0), got num_classes={cfg.num_classes}"
     )
   params = jax.device_get(params)
-  # TFLite's kernels take no bfloat16: a specialist trained with bfloat16 products runs them
-  # in float32 there (its logits then differ from JAX's by bfloat16 rounding).
-  cfg = dataclasses.replace(cfg, compute_dtype="float32")
+  # TFLite's kernels take no bfloat16 and no cuDNN attention: a specialist trained with either
+  # runs float32 einsum attention there (its logits then differ from JAX's by bfloat16 rounding).
+  cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="einsum")
   logits_fn = jax2tf.convert(lambda tokens: model.apply(cfg, params, tokens), with_gradient=False)
   module = tf.Module()
   module.logits = tf.function(

@@ -108,6 +108,7 @@ def _apply_restore_step(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.mode`` in ``workdir`` (resuming if possible); returns eval/metrics.json."""
   config_lib.validate(config)
+  config_lib.check_backend(config)
   data = data_lib.load(config.data)
   if config.train.batch_tasks > data.num_tasks:
     raise ValueError(

@@ -38,6 +38,7 @@ _TRAIN_MAY_CHANGE = {
   "unroll_layers",
   "compute_dtype",
   "remat",
+  "attention",
   "nonfinite",
   "max_skipped_steps",
 }

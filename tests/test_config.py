@@ -27,6 +27,8 @@ BAD_VALUES = [
   ("mesh", "data:3,model:2", "config.mesh"),
   ("train.examples_per_task", 3, "config.train.examples_per_task"),
   ("train.remat", True, "config.train.remat"),  # With the default unrolled layers.
+  ("train.attention", "flash", "config.train.attention"),
+  ("train.attention", "cudnn", "config.train.attention"),  # Needs bfloat16 (and a GPU).
 ]
 
 
@@ -40,6 +42,16 @@ def test_bad_value_raises_naming_the_field_before_any_work(tmp_path, field, valu
   workdir = os.path.join(tmp_path, "run")
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
     train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_cudnn_attention_off_gpu_raises_before_any_work(tmp_path):
+  config = digits.get_config("tiny")
+  config.train.update(attention="cudnn", compute_dtype="bfloat16")
+  config_lib.validate(config)  # A valid config (launch/plan.py plans it anywhere) ...
+  workdir = os.path.join(tmp_path, "run")
+  with pytest.raises(ValueError, match=r"config\.train\.attention=.*NVIDIA GPUs.*'cpu'"):
+    train.train_and_evaluate(config, workdir)  # ... that this CPU cannot run.
   assert not os.path.exists(workdir)
 
 

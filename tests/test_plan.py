@@ -1,9 +1,11 @@
 """plan.py's numbers against the real sharded arrays."""
 
+import dataclasses
+
 import jax
 
 from projectable import data as data_lib
-from projectable import plan, sharding
+from projectable import model, plan, sharding
 from projectable.modes import make_method
 from projectable.trainer import Trainer
 
@@ -32,3 +34,12 @@ def test_planned_bytes_equal_the_real_sharded_arrays(tiny_config):
   one = plan.plan(tiny_config, data, sharding.make_mesh("data:1,model:1"))
   assert planned["params_bytes"] < one["params_bytes"]
   assert planned["activation_bytes"] < one["activation_bytes"]
+
+
+def test_flash_attention_is_planned_without_the_probabilities():
+  cfg = model.ModelConfig(
+    vocab_size=17, seq_len=64, num_classes=10, d=32, heads=4, mlp_dim=128, depth=3
+  )
+  flash = dataclasses.replace(cfg, attention="cudnn")
+  saved = plan.activation_bytes_per_sequence(cfg) - plan.activation_bytes_per_sequence(flash)
+  assert saved == 4 * cfg.depth * cfg.heads * cfg.seq_len * (cfg.seq_len - 1)

@@ -1,5 +1,6 @@
 """Exported specialists: save/load round trip, standalone loading, clear errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -74,6 +75,20 @@ def test_round_trip_gives_identical_scores(saved, digits_test_tokens):
   tokens = spec.sample(4, seed=3)
   np.testing.assert_array_equal(
     np.asarray(tokens), np.asarray(sampling.sample(CFG, params, 4, jax.random.key(3)))
+  )
+
+
+def test_cudnn_trained_specialist_loads_with_einsum_attention_off_gpu(tmp_path, digits_test_tokens):
+  params = random_params(CFG, 1)
+  directory = str(tmp_path / "gpu_trained")
+  save_specialist(directory, dataclasses.replace(CFG, attention="cudnn"), params, META)
+  with open(os.path.join(directory, "config.json")) as f:
+    assert json.load(f)["model"]["attention"] == "cudnn"
+  spec, _ = load_specialist(directory)
+  assert spec.cfg == CFG  # On this CPU: the same model with the einsum attention.
+  np.testing.assert_array_equal(
+    np.asarray(spec.bits_per_dim(digits_test_tokens)),
+    np.asarray(Specialist(CFG, params).bits_per_dim(digits_test_tokens)),
   )
 
 

@@ -117,6 +117,17 @@ def test_bfloat16_products_train_near_float32_with_float32_weights(tiny_config):
   assert losses_bf16 != losses_f32  # The products really ran in bfloat16.
 
 
+def test_attention_implementations_train_alike(tiny_config):
+  """``train.attention='xla'`` (``jax.nn.dot_product_attention``, the call cuDNN's kernel
+  takes on GPUs) computes the einsum attention's steps, in source and small models."""
+  _, einsum, losses_einsum = _run_steps(tiny_config, 3)
+  tiny_config.train.attention = "xla"
+  _, xla, losses_xla = _run_steps(tiny_config, 3)
+  np.testing.assert_allclose(losses_xla, losses_einsum, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), xla, einsum)
+  assert losses_xla[2] < losses_xla[0]  # Both train, not only agree.
+
+
 def _step_temp_bytes(config) -> int:
   """Temporary bytes of the compiled train step (XLA's buffer assignment)."""
   mesh, trainer, batcher = _trainer(config)
