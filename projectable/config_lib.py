@@ -95,6 +95,9 @@ def base_config() -> ConfigDict:
   # optimizer unchanged for that step and raises after max_skipped_steps consecutive skips.
   c.train.nonfinite = "stop"
   c.train.max_skipped_steps = 10
+  # Train steps traced with jax.profiler into DIR/plugins/profile (TensorBoard's Profile tab),
+  # from the 4th step of the run (after compilation); 0 = no trace.
+  c.train.profile_steps = 0
 
   c.model = ConfigDict()  # The source (large, task-conditional) Transformer.
   c.model.d = 128  # Residual width d.
@@ -298,6 +301,12 @@ def validate(config: ConfigDict) -> None:
   for field in ("freeze_source", "unroll_layers", "remat"):
     _check(isinstance(train[field], bool), f"train.{field}", train[field], "must be True or False")
   _one_of(config, "train.nonfinite", NONFINITE_POLICIES)
+  _check(
+    _is_int(train.profile_steps) and train.profile_steps >= 0,
+    "train.profile_steps",
+    train.profile_steps,
+    "must be an integer >= 0 (0: no trace)",
+  )
   _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
   _one_of(config, "train.attention", ATTENTION_IMPLS)
   _check(

@@ -26,6 +26,7 @@ from projectable import (
   config_lib,
   flops,
   pipeline,
+  profiling,
   sharding,
   warmstart,
   workdir_guard,
@@ -163,52 +164,58 @@ def _train(
     workdir, just_logging=jax.process_index() > 0, asynchronous=False
   )
   report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
+  trace = profiling.StepTrace(
+    workdir, start, train.profile_steps if jax.process_index() == 0 else 0
+  )
   skips = _SkipCounter(train.max_skipped_steps) if train.nonfinite == "skip" else None
   t0, last_log = time.time(), start
-  for step in range(start + 1, train.num_steps + 1):
-    batch = pipeline.place(next(data_iter), trainer.batch_shardings)
-    state, metrics = trainer.train_step(state, batch)
-    report(step, time.time())
-    if skips is not None:
-      skips.add(step, metrics)
-    # Read once: SIGTERM may come at any moment, e.g. after the save.
-    stopping = stop.requested or ckpts.reached_preemption(step)
-    last = step == train.num_steps or stopping
-    if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
-      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if skips is not None:  # Skipped steps left the state finite; a long run of them stops.
-        del scalars["skipped"]  # This step's flag; the count since the last log replaces it.
-        scalars["skipped_steps"] = skips.check()
-      else:
-        _check_finite(step, scalars)
-      scalars["train/bits_per_dim"] = scalars["nll"] / LN2
-      scalars["steps_per_s"] = (step - last_log) / max(time.time() - t0, 1e-9)
-      t0, last_log = time.time(), step
-      writer.write_scalars(step, scalars)
-    if step % train.eval_every == 0 or step == train.num_steps:
-      val = trainer.evaluate(state["params"], data, data.val)
-      test = trainer.evaluate(state["params"], data, data.test)
-      writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
-      logging.info(
-        "step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"], test["main"]["mean"]
-      )
-      if val["main"]["mean"] < best_val:
-        best_val = val["main"]["mean"]
-        ckpts.save_best(
-          step,
-          state["params"],
-          {
-            "step": step,
-            "val_bits_per_dim": val["main"],
-            "test_bits_per_dim": test["main"],
-            "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"},
-          },
+  with trace:  # Stops a trace that the run outlives or an error cuts short.
+    for step in range(start + 1, train.num_steps + 1):
+      batch = pipeline.place(next(data_iter), trainer.batch_shardings)
+      trace.before(step, state)
+      state, metrics = trainer.train_step(state, batch)
+      trace.after(step, metrics)
+      report(step, time.time())
+      if skips is not None:
+        skips.add(step, metrics)
+      # Read once: SIGTERM may come at any moment, e.g. after the save.
+      stopping = stop.requested or ckpts.reached_preemption(step)
+      last = step == train.num_steps or stopping
+      if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if skips is not None:  # Skipped steps left the state finite; a long run of them stops.
+          del scalars["skipped"]  # This step's flag; the count since the last log replaces it.
+          scalars["skipped_steps"] = skips.check()
+        else:
+          _check_finite(step, scalars)
+        scalars["train/bits_per_dim"] = scalars["nll"] / LN2
+        scalars["steps_per_s"] = (step - last_log) / max(time.time() - t0, 1e-9)
+        t0, last_log = time.time(), step
+        writer.write_scalars(step, scalars)
+      if step % train.eval_every == 0 or step == train.num_steps:
+        val = trainer.evaluate(state["params"], data, data.val)
+        test = trainer.evaluate(state["params"], data, data.test)
+        writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
+        logging.info(
+          "step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"], test["main"]["mean"]
         )
-    if step % train.checkpoint_every == 0 or last:
-      ckpts.save_state(step, state, data_iter)
-    if stopping:
-      logging.warning("SIGTERM: saved step %d and stopping", step)
-      break
+        if val["main"]["mean"] < best_val:
+          best_val = val["main"]["mean"]
+          ckpts.save_best(
+            step,
+            state["params"],
+            {
+              "step": step,
+              "val_bits_per_dim": val["main"],
+              "test_bits_per_dim": test["main"],
+              "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"},
+            },
+          )
+      if step % train.checkpoint_every == 0 or last:
+        ckpts.save_state(step, state, data_iter)
+      if stopping:
+        logging.warning("SIGTERM: saved step %d and stopping", step)
+        break
   ckpts.wait()
   writer.flush()
   return state

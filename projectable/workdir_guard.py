@@ -41,6 +41,7 @@ _TRAIN_MAY_CHANGE = {
   "attention",
   "nonfinite",
   "max_skipped_steps",
+  "profile_steps",
 }
 
 

@@ -28,6 +28,7 @@ BAD_VALUES = [
   ("train.examples_per_task", 3, "config.train.examples_per_task"),
   ("train.remat", True, "config.train.remat"),  # With the default unrolled layers.
   ("train.attention", "flash", "config.train.attention"),
+  ("train.profile_steps", -1, "config.train.profile_steps"),
   ("train.attention", "cudnn", "config.train.attention"),  # Needs bfloat16 (and a GPU).
 ]
 

@@ -1,5 +1,6 @@
 """End to end on the tiny digits config: artifacts, resume, continuation; --fresh's workdir."""
 
+import glob
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from projectable import export, train, workdir_guard
+from projectable import export, profiling, train, workdir_guard
 
 
 def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
@@ -31,6 +32,30 @@ def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
       assert image.format == "PNG"
   assert os.path.exists(os.path.join(workdir, "eval", "bits_per_dim.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+
+def _traces(workdir: str) -> list[str]:
+  return glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))
+
+
+def test_profile_steps_traces_train_steps_for_tensorboard(tmp_path, tiny_config):
+  tiny_config.train.profile_steps = 2  # Steps 4 and 5 of 6.
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  (trace,) = _traces(str(tmp_path))
+  with open(trace, "rb") as f:
+    assert b"jit__train_step" in f.read()
+
+
+def test_a_trace_the_run_outlives_is_still_written(tmp_path):
+  trace = profiling.StepTrace(str(tmp_path), start_step=0, num_steps=100)
+  double = jax.jit(lambda x: 2 * x)
+  x = jax.numpy.ones(3)
+  with trace:
+    for step in range(1, 6):
+      trace.before(step, x)
+      x = double(x)
+      trace.after(step, x)
+  assert len(_traces(str(tmp_path))) == 1
 
 
 def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_config):
