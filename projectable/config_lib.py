@@ -327,6 +327,13 @@ def validate(config: ConfigDict) -> None:
     m = config[name]
     _check(m.d % m.heads == 0, f"{name}.heads", m.heads, f"must divide {name}.d={m.d}")
     _check(
+      train.attention != "cudnn" or m.d // m.heads % 8 == 0,
+      f"{name}.heads",
+      m.heads,
+      f"cuDNN's flash attention (train.attention) needs head widths {name}.d / heads that are "
+      f"multiples of 8, here {m.d} / {m.heads}",
+    )
+    _check(
       isinstance(m.dropout, float) and 0 <= m.dropout < 1,
       f"{name}.dropout",
       m.dropout,

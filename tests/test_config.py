@@ -56,6 +56,15 @@ def test_cudnn_attention_off_gpu_raises_before_any_work(tmp_path):
   assert not os.path.exists(workdir)
 
 
+def test_cudnn_attention_needs_head_widths_that_are_multiples_of_8():
+  config = digits.get_config("tiny")  # Heads 8 and 8 wide: valid ...
+  config.train.update(attention="cudnn", compute_dtype="bfloat16")
+  config_lib.validate(config)
+  config.small.heads = 4  # ... 16 / 4 = 4 wide: not for cuDNN.
+  with pytest.raises(ValueError, match=r"config\.small\.heads=4 .*multiples of 8"):
+    config_lib.validate(config)
+
+
 def test_defaults_and_variants_validate():
   for variant in (None, "tiny", "variant=tiny"):
     config_lib.validate(digits.get_config(variant))
