@@ -13,7 +13,7 @@ class StepTrace:
   """Traces ``num_steps`` train steps of this run into ``logdir``/plugins/profile.
 
   The window starts ``WARMUP_STEPS`` after ``start_step`` (the run's first step is
-  ``start_step + 1``); ``num_steps`` 0 traces nothing. Call ``before(step)`` before
+  ``start_step + 1``); ``num_steps`` 0 traces nothing. Call ``before(step, state)`` before
   dispatching a step and ``after(step, outputs)`` once it is dispatched; leaving the
   ``with`` block ends a trace that the run outlived (or an error cut short). The trace
   starts and stops on finished work, so it holds whole steps.
