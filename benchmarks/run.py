@@ -412,7 +412,8 @@ def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
   meta = {
     "quick": quick,
     "device": f"{device.platform} {device.device_kind}",
-    "cpus": os.cpu_count(),
+    # Cores this process may use: a taskset pin shows here, not in os.cpu_count().
+    "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     "retained_memory": retained_memory,
   }
   print(f"{meta['device']}, quick={quick}, medians of {sizes.repeats}")
