@@ -5,7 +5,7 @@ r"""What ``host_memory.retain_freed_memory`` costs emission and buys a train ste
 
 Runs the same measurement in two fresh processes, glibc's default allocator and the
 retained one: a jitted ``projector.project`` at the benchmark sizes
-(``run.projection_seconds``), then the source train step, then ``project`` again in the
+(``workloads.projection_seconds``), then the source train step, then ``project`` again in the
 same process; medians of 5. Prints one row per process; no thresholds.
 """
 
@@ -27,19 +27,21 @@ def measure(retained: bool) -> dict:
   applied = host_memory.retain_freed_memory() if retained else False
   import jax
 
-  from benchmarks import run as bench
+  from benchmarks import workloads
   from configs import digits
   from projectable import data as data_lib
   from projectable import sharding
 
-  sizes = bench.FULL
-  fresh_s = bench.projection_seconds(sizes, 256, 64)
+  sizes = workloads.FULL
+  fresh_s = workloads.projection_seconds(sizes, 256, 64)
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
-    config = bench.bench_config(sizes, "source")
+    config = workloads.bench_config(sizes, "source")
     batch = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
-    step_s, _ = bench.step_seconds(bench.make_trainer(config, data), batch.batch(0), sizes.repeats)
-  after_s = bench.projection_seconds(sizes, 256, 64)
+    step_s, _ = workloads.step_seconds(
+      workloads.make_trainer(config, data), batch.batch(0), sizes.repeats
+    )
+  after_s = workloads.projection_seconds(sizes, 256, 64)
   return {
     "retained": applied,
     "emit_fresh_ms": fresh_s * 1e3,

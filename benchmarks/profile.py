@@ -4,12 +4,13 @@ r"""Where a call's time goes: XLA ops ranked by time in a ``jax.profiler`` trace
   PYTHONPATH=. python benchmarks/profile.py --call=sample --mode=specialists --batch=64
   PYTHONPATH=. python benchmarks/profile.py --call=project
 
-Traces two calls at the benchmark sizes (``benchmarks/run.py``) and prints each XLA op's
+Traces two calls at the benchmark sizes (``benchmarks/workloads.py``) and prints each XLA op's
 time per call; the trace stays in ``--trace_dir`` for Perfetto or TensorBoard. ``--call``:
 ``step``, a train step of ``--mode``; ``sample``, KV-cached sampling of ``--batch`` images
 from the source (``--mode=source``) or an unconditional specialist (any other mode; random
-weights); ``project``, a jitted ``projector.project`` of one task (``run.projection_call``: random
-weights, rank-8 projector). Map an op name to its HLO with ``.lower(...).compile().as_text()``.
+weights); ``project``, a jitted ``projector.project`` of one task
+(``workloads.projection_call``: random weights, rank-8 projector). Map an op name to its HLO
+with ``.lower(...).compile().as_text()``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from benchmarks import run as bench
+from benchmarks import workloads
 from configs import digits
 from projectable import data as data_lib
 from projectable import host_memory, model, modes, sampling, sharding
@@ -67,10 +68,10 @@ def op_times(trace_dir: str) -> collections.Counter:
 
 
 def traced_call(
-  call: str, mode: str, sizes: bench.Sizes, data: data_lib.TaskData, batch: int = 64
+  call: str, mode: str, sizes: workloads.Sizes, data: data_lib.TaskData, batch: int = 64
 ) -> Callable[[], Any]:
   """The call to trace (see the module docstring), ready to run again and again."""
-  config = bench.bench_config(sizes, mode)
+  config = workloads.bench_config(sizes, mode)
   if call == "sample":
     source = mode == "source"
     cfg = modes.source_config(config, data) if source else modes.small_config(config, data, False)
@@ -78,8 +79,8 @@ def traced_call(
     task_C = data.task_descriptors()[0] if source else None
     return lambda: sampling.sample(cfg, params, batch, jax.random.key(1), task_C)
   if call == "project":
-    return bench.projection_call(sizes, sizes.source["d"], sizes.small["d"])
-  trainer = bench.make_trainer(config, data)
+    return workloads.projection_call(sizes, sizes.source["d"], sizes.small["d"])
+  trainer = workloads.make_trainer(config, data)
   batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
   placed = trainer.place_batch(batcher.batch(0))
   state = trainer.init_state(jax.random.key(0))
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   host_memory.retain_freed_memory()  # As the entry points (launch/train.py) do.
-  sizes = bench.QUICK if FLAGS.quick else bench.FULL
+  sizes = workloads.QUICK if FLAGS.quick else workloads.FULL
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
     call = traced_call(FLAGS.call, FLAGS.mode, sizes, data, FLAGS.batch)

@@ -2,6 +2,7 @@ r"""Issue #7 benchmarks in one process: MFU, projectable overhead, emission, sam
 
   PYTHONPATH=. python benchmarks/run.py           # full: several minutes on 2 CPU cores
   PYTHONPATH=. python benchmarks/run.py --quick   # tiny sizes, under a minute
+  PYTHONPATH=. python benchmarks/run.py --compute_dtype=bfloat16 --attention=cudnn  # a GPU
 
 Every figure is a median over repeats of compiled calls (``benchmarks.common``) on one
 device; prints a table and writes ``--out`` (default ``benchmarks/results.json``):
@@ -15,20 +16,25 @@ import functools
 import json
 import math
 import os
-import types
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from absl import app, flags
 
-from benchmarks import common
+from benchmarks import common, workloads
 from configs import digits
-from projectable import compare, flops, frontier, host_memory, model, modes, projector, sharding
+from projectable import (
+  compare,
+  config_lib,
+  flops,
+  frontier,
+  host_memory,
+  model,
+  modes,
+  projector,
+  sharding,
+)
 from projectable import data as data_lib
-from projectable.trainer import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -37,142 +43,37 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a script (tests import this module)."""
   flags.DEFINE_bool("quick", False, "Tiny sizes and few repeats (seconds; what the test runs).")
   flags.DEFINE_string("out", "benchmarks/results.json", "Where the results JSON goes.")
+  flags.DEFINE_enum("compute_dtype", "float32", model.COMPUTE_DTYPES, "config.train.compute_dtype.")
+  flags.DEFINE_enum("attention", "einsum", model.ATTENTION_IMPLS, "config.train.attention.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-  """Model sizes, batches and sweep points of one benchmark run."""
-
-  source: dict  # d, heads, mlp_dim, depth of the source.
-  small: dict  # d, heads, mlp_dim of the small model (depth = the source's).
-  examples_per_task: int  # n at the default batch of 10 tasks x n.
-  repeats: int  # Timed calls per median.
-  matmul_n: int  # Side of the square float32 matmul that sets peak FLOP/s.
-  batch_sweep: tuple[int, ...]  # Images per task in the batch-size sweep.
-  seq_sweep: tuple[int, ...]  # Sequence lengths (synthetic tokens).
-  width_sweep: tuple[int, ...]  # Source widths d (heads fixed, mlp_dim = 4d).
-  proj_d_sweep: tuple[int, ...]  # Source widths for projection time.
-  proj_ds_sweep: tuple[int, ...]  # Small widths for projection time.
-  proj_ds_at_d: int  # Source width of the small-width sweep.
-  projectable_steps: int  # Steps of the projectable run (at lambda 0) that emits.
-  specialist_cap: int  # Steps of the specialists run trying to reach the projected bits/dim.
-  eval_every: int  # Specialists-mode steps between test evaluations.
-
-
-FULL = Sizes(
-  source=dict(d=256, heads=8, mlp_dim=1024, depth=6),
-  small=dict(d=64, heads=4, mlp_dim=256),
-  examples_per_task=8,
-  repeats=5,
-  matmul_n=2048,
-  batch_sweep=(2, 4, 8, 16),
-  seq_sweep=(32, 64, 196),
-  width_sweep=(128, 256, 384),
-  proj_d_sweep=(128, 256, 512),
-  proj_ds_sweep=(32, 64, 128),
-  proj_ds_at_d=256,
-  projectable_steps=300,
-  specialist_cap=1600,
-  eval_every=50,
-)
-QUICK = Sizes(
-  source=dict(d=64, heads=4, mlp_dim=256, depth=2),
-  small=dict(d=16, heads=2, mlp_dim=64),
-  examples_per_task=4,
-  repeats=3,
-  matmul_n=512,
-  batch_sweep=(2, 16),
-  seq_sweep=(16, 64),
-  width_sweep=(32, 128),
-  # Projections of ~1 ms were dispatch noise on a loaded machine (negative exponents): widths
-  # where even the smallest is compute-bound.
-  proj_d_sweep=(128, 512),
-  proj_ds_sweep=(16, 64),
-  proj_ds_at_d=256,
-  projectable_steps=3,
-  specialist_cap=6,
-  eval_every=3,
-)
-
-
-def bench_config(sizes: Sizes, mode: str, **source):
-  """digits.py's config at the benchmark sizes on one device; ``source`` overrides the source."""
-  config = digits.get_config()
-  config.mode = mode
-  config.mesh = "data:1,model:1"
-  config.model.update(**{**sizes.source, **source})
-  config.small.update(**sizes.small, depth=config.model.depth)
-  config.train.examples_per_task = sizes.examples_per_task
-  return config
-
-
-def synthetic_data(seq_len: int) -> types.SimpleNamespace:
-  """The shapes a Method needs, for timing at sequence lengths that no dataset has."""
-  return types.SimpleNamespace(levels=17, seq_len=seq_len, num_classes=10, num_tasks=10)
-
-
-def synthetic_batch(config, data) -> dict[str, np.ndarray]:
-  m, n = config.train.batch_tasks, config.train.examples_per_task
-  rng = np.random.default_rng(0)
-  return {
-    "tokens": rng.integers(0, data.levels, (m, n, data.seq_len), dtype=np.int32),
-    "task_id": np.arange(m, dtype=np.int32),
-    "task": np.eye(data.num_classes, dtype=np.float32)[:m],
-  }
-
-
-@functools.cache
-def _trainer(config_json: str, seq_len: int) -> Trainer:
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  data = synthetic_data(seq_len)
-  return Trainer(config, modes.make_method(config, data), sharding.make_mesh(config.mesh))
-
-
-def make_trainer(config, data) -> Trainer:
-  """One trainer (and so one compiled step) per config and sequence length, reused across
-  benchmarks: digits and the synthetic stand-in have the same shapes at length 64."""
-  return _trainer(config.to_json(), data.seq_len)
-
-
-def step_seconds(trainer: Trainer, batch: dict, repeats: int) -> tuple[float, int]:
-  """Median train-step time from a fresh state, and how many times the step compiled."""
-  state = trainer.init_state(jax.random.key(0))
-  batch = trainer.place_batch(batch)
-
-  def step(_):
-    nonlocal state
-    state, metrics = trainer.train_step(state, batch)
-    return metrics
-
-  seconds = common.median_seconds(step, repeats)
-  return seconds, trainer.train_step._cache_size()
-
-
-def matmul_flops_per_s(n: int, repeats: int) -> float:
-  """FLOP/s of an n x n float32 matmul, jitted, on the default device."""
-  a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in range(2))
-  matmul = jax.jit(jnp.matmul)
+def matmul_flops_per_s(n: int, repeats: int, dtype: str = "float32") -> float:
+  """FLOP/s of an n x n matmul of ``dtype`` inputs (float32 output), jitted, on the default
+  device: the models' products are of that kind."""
+  a, b = (jax.random.normal(jax.random.key(i), (n, n)).astype(dtype) for i in range(2))
+  matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32))
   return 2 * n**3 / common.median_seconds(lambda _: matmul(a, b), repeats)
 
 
-def mfu_and_overhead(sizes: Sizes, data) -> dict:
+def mfu_and_overhead(sizes: workloads.Sizes, data) -> dict:
   """mfu_source, projectable_overhead and step_compiles at the default digits batch."""
-  peak = matmul_flops_per_s(sizes.matmul_n, sizes.repeats)
+  dtype = workloads.bench_config(sizes, "source").train.compute_dtype
+  peak = matmul_flops_per_s(sizes.matmul_n, sizes.repeats, dtype)
   seconds, compiles, step_flops = {}, {}, {}
   for mode in ("source", "projectable"):
-    config = bench_config(sizes, mode)
-    trainer = make_trainer(config, data)
+    config = workloads.bench_config(sizes, mode)
+    trainer = workloads.make_trainer(config, data)
     batcher = data_lib.TaskBatcher(
       data, config.train.batch_tasks, config.train.examples_per_task, 0
     )
-    seconds[mode], compiles[mode] = step_seconds(trainer, batcher.batch(0), sizes.repeats)
+    seconds[mode], compiles[mode] = workloads.step_seconds(trainer, batcher.batch(0), sizes.repeats)
     step_flops[mode] = flops.train_step_flops(config, trainer.method)
   inputs = {"source": sizes.source, "small": sizes.small, "batch": [10, sizes.examples_per_task]}
   achieved = step_flops["source"] / seconds["source"]
   return {
     "mfu_source": {
       "value": achieved / peak,
-      "inputs": {**inputs, "matmul_n": sizes.matmul_n, "dataset": data.name},
+      "inputs": {**inputs, "matmul_n": sizes.matmul_n, "matmul_dtype": dtype, "dataset": data.name},
       "step_flops": step_flops["source"],
       "step_seconds": seconds["source"],
       "achieved_flops_per_s": achieved,
@@ -192,7 +93,7 @@ def mfu_and_overhead(sizes: Sizes, data) -> dict:
   }
 
 
-def emission(sizes: Sizes, data) -> dict:
+def emission(sizes: workloads.Sizes, data) -> dict:
   """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch.
 
   Both are complete runs (learning rate warmed up and decayed to zero, digits.py's schedule
@@ -204,8 +105,10 @@ def emission(sizes: Sizes, data) -> dict:
     ("projectable", sizes.projectable_steps),
     ("specialists", sizes.specialist_cap),
   ):
-    config = frontier.compute_optimal(compare.scaled(bench_config(sizes, mode), steps), ())
-    trainers[mode] = make_trainer(config, data)
+    config = frontier.compute_optimal(
+      compare.scaled(workloads.bench_config(sizes, mode), steps), ()
+    )
+    trainers[mode] = workloads.make_trainer(config, data)
     batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
     batches[mode] = batcher.batch
   state = trainers["projectable"].init_state(jax.random.key(0))
@@ -234,7 +137,7 @@ def emission(sizes: Sizes, data) -> dict:
   )
 
   spec = trainers["specialists"]
-  step_s, _ = step_seconds(spec, batches["specialists"](0), sizes.repeats)
+  step_s, _ = workloads.step_seconds(spec, batches["specialists"](0), sizes.repeats)
   state, reached, steps, bits = spec.init_state(jax.random.key(0)), False, 0, math.inf
   best = math.inf
   while steps < sizes.specialist_cap and not reached:
@@ -278,14 +181,14 @@ def emission(sizes: Sizes, data) -> dict:
   }
 
 
-def sample_speedup(sizes: Sizes, data) -> dict:
+def sample_speedup(sizes: workloads.Sizes, data) -> dict:
   """Specialist/source KV-cached tokens/s at batch 1 and 64, over their forward FLOP ratio.
 
   The value is at the benchmark's small width; ``per_width`` repeats the ratio for
   specialists half and twice as wide (same head width, mlp 4x), against the same source
   timings, to show how it depends on the width ratio.
   """
-  config = bench_config(sizes, "projectable")
+  config = workloads.bench_config(sizes, "projectable")
   src = modes.source_config(config, data)
   task_C = data.task_descriptors()[0]
   src_params = model.init_params(src, jax.random.key(0))
@@ -321,7 +224,7 @@ def sample_speedup(sizes: Sizes, data) -> dict:
   }
 
 
-def scaling(sizes: Sizes) -> dict:
+def scaling(sizes: workloads.Sizes) -> dict:
   """Source step time against batch, sequence length and width; projection against d and ds."""
   results = {}
   sweeps = {
@@ -333,11 +236,11 @@ def scaling(sizes: Sizes) -> dict:
     xs, ys = [], []
     for x, p in points:
       width = {"d": p["d"], "mlp_dim": 4 * p["d"]} if "d" in p else {}
-      config = bench_config(sizes, "source", **width)
+      config = workloads.bench_config(sizes, "source", **width)
       config.train.examples_per_task = p.get("n", sizes.examples_per_task)
-      data = synthetic_data(p.get("seq_len", 64))
-      seconds, _ = step_seconds(
-        make_trainer(config, data), synthetic_batch(config, data), sizes.repeats
+      data = workloads.synthetic_data(p.get("seq_len", 64))
+      seconds, _ = workloads.step_seconds(
+        workloads.make_trainer(config, data), workloads.synthetic_batch(config, data), sizes.repeats
       )
       xs.append(10 * config.train.examples_per_task if key == "scaling_batch" else x)
       ys.append(seconds)
@@ -357,7 +260,7 @@ def scaling(sizes: Sizes) -> dict:
     ("projection_scaling_ds", sizes.proj_ds_sweep),
   ):
     ys = [
-      projection_seconds(
+      workloads.projection_seconds(
         sizes, d if key.endswith("_d") else base_d, base_ds if key.endswith("_d") else d
       )
       for d in sweep
@@ -375,30 +278,17 @@ def scaling(sizes: Sizes) -> dict:
   return results
 
 
-def projection_call(sizes: Sizes, d: int, ds: int) -> Callable[[], dict]:
-  """A compiled ``project`` of one task from a source of width d to a small model of width ds."""
-  src = model.ModelConfig(17, 64, 10, d, sizes.source["heads"], 4 * d, sizes.source["depth"])
-  small = model.ModelConfig(17, 64, 0, ds, sizes.small["heads"], 4 * ds, sizes.source["depth"])
-  source = model.init_params(src, jax.random.key(0))
-  proj = projector.init_projector(src, small, projector.ProjectorConfig(8), jax.random.key(1))
-  emit = jax.jit(projector.project)
-  task_C = jnp.eye(10, dtype=jnp.float32)[0]
-  return lambda: emit(source, proj, task_C)
-
-
-def projection_seconds(sizes: Sizes, d: int, ds: int) -> float:
-  """Median time of a jitted ``project`` from a source of width d to a small model of width ds."""
-  call = projection_call(sizes, d, ds)
-  return common.median_seconds(lambda _: call(), sizes.repeats)
-
-
-def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
+def run(quick: bool, out: str, retained_memory: bool = False, train: dict | None = None) -> dict:
   """Runs every benchmark, prints a table, writes ``out``; returns the results.
 
   ``retained_memory`` records whether ``host_memory.retain_freed_memory`` applied, as the
-  entry points do (``main``; the in-process test runs without it).
+  entry points do (``main``; the in-process test runs without it). ``train``: config.train
+  options of every benchmarked model, checked as a training run would before any work.
   """
-  sizes = QUICK if quick else FULL
+  sizes = dataclasses.replace(workloads.QUICK if quick else workloads.FULL, train=train or {})
+  config = workloads.bench_config(sizes, "projectable")
+  config_lib.validate(config)
+  config_lib.check_backend(config)
   data = data_lib.load(digits.get_config().data)
   mesh = sharding.make_mesh("data:1,model:1")
   with jax.set_mesh(mesh):
@@ -415,6 +305,7 @@ def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
     # Cores this process may use: a taskset pin shows here, not in os.cpu_count().
     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     "retained_memory": retained_memory,
+    "train": sizes.train,
   }
   print(f"{meta['device']}, quick={quick}, medians of {sizes.repeats}")
   for key, entry in results.items():
@@ -427,7 +318,8 @@ def run(quick: bool, out: str, retained_memory: bool = False) -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  run(FLAGS.quick, FLAGS.out, host_memory.retain_freed_memory())
+  train = {"compute_dtype": FLAGS.compute_dtype, "attention": FLAGS.attention}
+  run(FLAGS.quick, FLAGS.out, host_memory.retain_freed_memory(), train)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """benchmarks/run.py --quick in-process: every issue #7 figure is there, finite and positive."""
 
+import dataclasses
 import json
 import math
 
-from benchmarks import run
+import pytest
+
+from benchmarks import run, workloads
 
 KEYS = (
   "mfu_source",
@@ -62,7 +65,7 @@ def test_profile_traces_sampling_projection_and_steps_at_their_sizes():
   from projectable import data as data_lib
 
   data = data_lib.load(digits.get_config().data)
-  sizes = run.QUICK
+  sizes = workloads.QUICK
   for mode in ("source", "specialists"):
     tokens = profile.traced_call("sample", mode, sizes, data, batch=3)()
     assert tokens.shape == (3, data.seq_len)
@@ -76,3 +79,20 @@ def test_profile_traces_sampling_projection_and_steps_at_their_sizes():
   step = profile.traced_call("step", "source", sizes, data)
   first, second = (jax.device_get(step()["step"]) for _ in range(2))
   assert second == first + 1  # Each call is one more train step on the kept state.
+
+
+def test_train_options_reach_every_benchmarked_model_and_are_checked_first(tmp_path):
+  from configs import digits
+  from projectable import data as data_lib
+  from projectable import modes
+
+  options = {"compute_dtype": "bfloat16", "attention": "xla"}
+  sizes = dataclasses.replace(workloads.QUICK, train=options)
+  data = data_lib.load(digits.get_config().data)
+  for mode in ("source", "projectable"):
+    src = modes.source_config(workloads.bench_config(sizes, mode), data)
+    assert (src.compute_dtype, src.attention) == ("bfloat16", "xla")
+  out = tmp_path / "results.json"
+  with pytest.raises(ValueError, match=r"config\.train\.attention='cudnn'"):  # This is a CPU.
+    run.run(quick=True, out=str(out), train={**options, "attention": "cudnn"})
+  assert not out.exists()
