@@ -21,7 +21,7 @@ on_all() {
     --command="$1"
 }
 on_all "test -d projectable || git clone $REPO projectable; cd projectable && git pull -q \
-  && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+  && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
 ARGS=$(printf ' %q' "$@")
 on_all "cd projectable && .venv/bin/python launch/train.py --config=$CONFIG --workdir=$WORKDIR \
-  --config.mesh=data:-1,model:1$ARGS"
+  --config.mesh=data:-1,model:1 --require_platform=tpu$ARGS"

@@ -28,6 +28,12 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_enum(
+  "require_platform",
+  None,
+  ["gpu", "tpu", "cpu"],
+  "Refuse to start unless JAX runs on this platform (cluster scripts: no silent CPU runs).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect of a terminated job.
 
@@ -38,6 +44,7 @@ def main(argv: list[str]) -> None:
   log_filters.quiet_library_logs()
   host_memory.retain_freed_memory()
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  distributed.require_platform(FLAGS.require_platform)
   logging.info("Config:\n%s", FLAGS.config)
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:

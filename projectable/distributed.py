@@ -45,3 +45,29 @@ def initialize(
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+# How to get each platform's JAX backend into the environment (pyproject extras).
+_INSTALL = {
+  "gpu": "pip install -e '.[cuda12]' (or '.[cuda13]') for NVIDIA GPUs",
+  "tpu": "pip install -e '.[tpu]'",
+  "cpu": "unset JAX_PLATFORMS or set it to cpu",
+}
+
+
+def require_platform(platform: str | None) -> None:
+  """Raises unless JAX's default backend is ``platform`` ('gpu', 'tpu', 'cpu'; None: any).
+
+  A cluster job whose environment lacks the accelerator's JAX plugin would otherwise train
+  on the hosts' CPUs without a word. Call after ``initialize`` (it starts the backend).
+  """
+  if platform is None:
+    return
+  if platform not in _INSTALL:
+    raise ValueError(f"platform={platform!r}: must be one of {sorted(_INSTALL)}")
+  backend = jax.default_backend()
+  if backend != platform:
+    raise RuntimeError(
+      f"this job needs JAX's {platform} backend but JAX runs on {backend!r} "
+      f"(devices: {jax.devices()}); install it: {_INSTALL[platform]}"
+    )

@@ -1,5 +1,6 @@
 """Workdir safety: SIGTERM/SIGKILL lose no work, damaged checkpoints are named and set
-aside on request, incompatible restarts are refused, non-finite steps stop or are skipped."""
+aside on request, incompatible restarts are refused, non-finite steps stop or are skipped,
+a cluster job without its accelerator's JAX refuses to start."""
 
 import glob
 import json
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projectable import checkpointing, sharding, train
+from projectable import checkpointing, distributed, sharding, train
 from projectable import data as data_lib
 from projectable.trainer import Trainer
 
@@ -266,3 +267,12 @@ def test_skip_policy_stops_after_max_skipped_steps_in_a_row(tiny_config, tmp_pat
   tiny_config.train.update(nonfinite="skip", max_skipped_steps=2)
   with pytest.raises(FloatingPointError, match=r"2 consecutive steps up to step 5 .*loss=nan"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_a_job_that_needs_a_gpu_refuses_to_train_on_the_cpu(tmp_path, run_launcher):
+  workdir = str(tmp_path / "run")
+  argv = ["--config=configs/digits.py:tiny", f"--workdir={workdir}", "--require_platform=gpu"]
+  with pytest.raises(RuntimeError, match=r"needs JAX's gpu backend but JAX runs on 'cpu'.*cuda12"):
+    run_launcher("train", argv)
+  assert not os.path.exists(workdir)
+  distributed.require_platform("cpu")  # What this machine runs: no error.
