@@ -31,7 +31,7 @@ class Sizes:
   small: dict  # d, heads, mlp_dim of the small model (depth = the source's).
   examples_per_task: int  # n at the default batch of 10 tasks x n.
   repeats: int  # Timed calls per median.
-  matmul_n: int  # Side of the square float32 matmul that sets peak FLOP/s.
+  matmul_n: int  # Side of the square matmul (compute dtype inputs) that sets peak FLOP/s.
   batch_sweep: tuple[int, ...]  # Images per task in the batch-size sweep.
   seq_sweep: tuple[int, ...]  # Sequence lengths (synthetic tokens).
   width_sweep: tuple[int, ...]  # Source widths d (heads fixed, mlp_dim = 4d).
