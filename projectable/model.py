@@ -201,17 +201,14 @@ def attention(
   d, a = w["wq"].shape
   head_dim = a // heads
   wo_HxKxD = w["wo"].reshape(heads, head_dim, d)
-  if implementation != "einsum":
-    q, k, v = (
-      einsum("bld,dhk->blhk", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype).astype(dtype)
-      for n in ("wq", "wk", "wv")
-    )
-    o_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-    return einsum("blhk,hkd->bld", o_BxLxHxK, wo_HxKxD, dtype)
+  layout = "bhlk" if implementation == "einsum" else "blhk"  # The latter is the function's.
   q, k, v = (
-    einsum("bld,dhk->bhlk", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype)
+    einsum(f"bld,dhk->{layout}", x_BxLxD, w[n].reshape(d, heads, head_dim), dtype).astype(dtype)
     for n in ("wq", "wk", "wv")
   )
+  if implementation != "einsum":
+    o_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    return einsum("blhk,hkd->bld", o_BxLxHxK, wo_HxKxD, dtype)
   scores_BxHxLxL = einsum("bhqk,bhsk->bhqs", q, k, dtype) * (head_dim**-0.5)
   length = x_BxLxD.shape[1]
   causal_LxL = jnp.tril(jnp.ones((length, length), bool))
