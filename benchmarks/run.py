@@ -55,10 +55,10 @@ def matmul_flops_per_s(n: int, repeats: int, dtype: str = "float32") -> float:
   return 2 * n**3 / common.median_seconds(lambda _: matmul(a, b), repeats)
 
 
-def mfu_and_overhead(sizes: workloads.Sizes, data) -> dict:
-  """mfu_source, projectable_overhead and step_compiles at the default digits batch."""
+def mfu_and_overhead(sizes: workloads.Sizes, data, peak: float) -> dict:
+  """mfu_source, projectable_overhead and step_compiles at the default digits batch;
+  ``peak``: FLOP/s of the large matmul in the compute dtype."""
   dtype = workloads.bench_config(sizes, "source").train.compute_dtype
-  peak = matmul_flops_per_s(sizes.matmul_n, sizes.repeats, dtype)
   seconds, compiles, step_flops = {}, {}, {}
   for mode in ("source", "projectable"):
     config = workloads.bench_config(sizes, mode)
@@ -93,12 +93,13 @@ def mfu_and_overhead(sizes: workloads.Sizes, data) -> dict:
   }
 
 
-def emission(sizes: workloads.Sizes, data) -> dict:
+def emission(sizes: workloads.Sizes, data, peak: float) -> dict:
   """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch.
 
   Both are complete runs (learning rate warmed up and decayed to zero, digits.py's schedule
   scaled to their steps); the projectable run is at ``frontier.compute_optimal``'s
-  lambda_source (0), the setting that spends its compute on the specialists.
+  lambda_source (0), the setting that spends its compute on the specialists. ``peak_ms`` is
+  the machine's limit for one emission: its matmul FLOPs at ``peak`` FLOP/s.
   """
   trainers, batches = {}, {}
   for mode, steps in (
@@ -136,6 +137,9 @@ def emission(sizes: workloads.Sizes, data) -> dict:
     lambda _: from_core(core, params["projector"], tasks_MxC[0]), sizes.repeats
   )
 
+  proj = trainers["projectable"].config
+  models = (modes.source_config(proj, data), modes.small_config(proj, data, False))
+  emit_flops = flops.projection_flops(*models, proj.projector.rank, proj.projector.form)
   spec = trainers["specialists"]
   step_s, _ = workloads.step_seconds(spec, batches["specialists"](0), sizes.repeats)
   state, reached, steps, bits = spec.init_state(jax.random.key(0)), False, 0, math.inf
@@ -150,13 +154,20 @@ def emission(sizes: workloads.Sizes, data) -> dict:
   return {
     "emit_ms": {
       "value": emit_s * 1e3,
-      "inputs": {"source": sizes.source, "small": sizes.small, "rank": 8, "jit": True},
+      "inputs": {
+        "source": sizes.source,
+        "small": sizes.small,
+        "rank": proj.projector.rank,
+        "jit": True,
+      },
       "all_tasks_ms": emit_all_s * 1e3,  # Every task's specialist from one project_tasks.
       # The task-independent projection_core, computed once per checkpoint ...
       "core_ms": core_s * 1e3,
       # ... after which each further specialist costs only its rank-k corrections.
       "from_core_ms": from_core_s * 1e3,
       "tasks": int(tasks_MxC.shape[0]),
+      "flops": emit_flops,  # One task's projection (flops.projection_flops) ...
+      "peak_ms": emit_flops / peak * 1e3,  # ... at the peak matmul rate: the machine's limit.
     },
     "emit_vs_train": {
       "value": train_s / emit_all_s,
@@ -181,12 +192,14 @@ def emission(sizes: workloads.Sizes, data) -> dict:
   }
 
 
-def sample_speedup(sizes: workloads.Sizes, data) -> dict:
+def sample_speedup(sizes: workloads.Sizes, data, peak: float) -> dict:
   """Specialist/source KV-cached tokens/s at batch 1 and 64, over their forward FLOP ratio.
 
   The value is at the benchmark's small width; ``per_width`` repeats the ratio for
   specialists half and twice as wide (same head width, mlp 4x), against the same source
-  timings, to show how it depends on the width ratio.
+  timings, to show how it depends on the width ratio. The ratio equals the specialist's
+  fraction of the ``peak`` matmul FLOP/s over the source's (both recorded): how much less
+  of the machine the smaller model keeps busy.
   """
   config = workloads.bench_config(sizes, "projectable")
   src = modes.source_config(config, data)
@@ -200,7 +213,8 @@ def sample_speedup(sizes: workloads.Sizes, data) -> dict:
     config.small.update(d=ds, heads=ds // head_dim, mlp_dim=4 * ds)
     small = modes.small_config(config, data, False)
     small_params = model.init_params(small, jax.random.key(1))
-    flop_ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
+    seq_flops = {m: flops.forward_flops_per_sequence(m) for m in (src, small)}
+    flop_ratio = seq_flops[src] / seq_flops[small]
     per_batch = {}
     for b in batches:
       small_s = common.sample_seconds(small, small_params, None, b, sizes.repeats)
@@ -208,6 +222,8 @@ def sample_speedup(sizes: workloads.Sizes, data) -> dict:
         "source_tokens_per_s": b * src.seq_len / src_s[b],
         "specialist_tokens_per_s": b * small.seq_len / small_s,
         "speedup_over_flop_ratio": src_s[b] / small_s / flop_ratio,
+        "source_fraction_of_peak": b * seq_flops[src] / src_s[b] / peak,
+        "specialist_fraction_of_peak": b * seq_flops[small] / small_s / peak,
       }
     per_width[ds] = {"flop_ratio": flop_ratio, "per_batch": per_batch}
   at_size = per_width[sizes.small["d"]]
@@ -292,10 +308,11 @@ def run(quick: bool, out: str, retained_memory: bool = False, train: dict | None
   data = data_lib.load(digits.get_config().data)
   mesh = sharding.make_mesh("data:1,model:1")
   with jax.set_mesh(mesh):
+    peak = matmul_flops_per_s(sizes.matmul_n, sizes.repeats, config.train.compute_dtype)
     results = {
-      **mfu_and_overhead(sizes, data),
-      **emission(sizes, data),
-      **sample_speedup(sizes, data),
+      **mfu_and_overhead(sizes, data, peak),
+      **emission(sizes, data, peak),
+      **sample_speedup(sizes, data, peak),
       **scaling(sizes),
     }
   device = jax.devices()[0]

@@ -32,8 +32,14 @@ def test_quick_benchmarks_produce_every_figure(tmp_path):
     value = results[key]["value"]
     assert math.isfinite(value) and value > 0, (key, value)
     assert results[key]["inputs"], key
-  for extra in ("all_tasks_ms", "core_ms", "from_core_ms"):
+  for extra in ("all_tasks_ms", "core_ms", "from_core_ms", "peak_ms"):
     assert math.isfinite(results["emit_ms"][extra]) and results["emit_ms"][extra] > 0, extra
+  # No emission beats its FLOPs at the peak matmul rate.
+  assert results["emit_ms"]["peak_ms"] < results["emit_ms"]["value"]
+  for entry in results["sample_speedup"]["per_batch"].values():
+    fractions = entry["specialist_fraction_of_peak"], entry["source_fraction_of_peak"]
+    assert all(0 < f < 1 for f in fractions), fractions
+    assert entry["speedup_over_flop_ratio"] == pytest.approx(fractions[0] / fractions[1])
   widths = results["sample_speedup"]["per_width"]
   assert sorted(map(int, widths)) == [8, 16, 32]  # Half, equal and twice the small width.
   assert all(math.isfinite(r) and r > 0 for w in widths.values() for r in w.values())
