@@ -17,12 +17,14 @@ import sys
 
 from absl import app, flags
 
+from projectable.data import pipeline
+
 FLAGS = flags.FLAGS
 
 
 def measure(retained: bool) -> dict:
   """The three timings in this process (call first thing, before JAX starts)."""
-  from projectable import host_memory
+  from projectable.training import host_memory
 
   applied = host_memory.retain_freed_memory() if retained else False
   import jax
@@ -30,16 +32,16 @@ def measure(retained: bool) -> dict:
   from benchmarks import workloads
   from configs import digits
   from projectable import data as data_lib
-  from projectable import sharding
+  from projectable.training import sharding
 
   sizes = workloads.FULL
   fresh_s = workloads.projection_seconds(sizes, 256, 64)
   data = data_lib.load(digits.get_config().data)
   with jax.set_mesh(sharding.make_mesh("data:1,model:1")):
     config = workloads.bench_config(sizes, "source")
-    batch = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+    batch = pipeline.TaskBatch(data, config.train.batch_tasks, sizes.examples_per_task, 0)
     step_s, _ = workloads.step_seconds(
-      workloads.make_trainer(config, data), batch.batch(0), sizes.repeats
+      workloads.make_trainer(config, data), batch(0), sizes.repeats
     )
   after_s = workloads.projection_seconds(sizes, 256, 64)
   return {

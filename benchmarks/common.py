@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from projectable import model, sampling
+from projectable.core import model, sampling
 
 
 def median_seconds(fn: Callable[[int], Any], repeats: int) -> float:

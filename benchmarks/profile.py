@@ -28,7 +28,9 @@ from absl import app, flags
 from benchmarks import workloads
 from configs import digits
 from projectable import data as data_lib
-from projectable import host_memory, model, modes, sampling, sharding
+from projectable.core import model, sampling
+from projectable.data import pipeline
+from projectable.training import host_memory, sharding, typed_config
 
 FLAGS = flags.FLAGS
 
@@ -74,15 +76,19 @@ def traced_call(
   config = workloads.bench_config(sizes, mode)
   if call == "sample":
     source = mode == "source"
-    cfg = modes.source_config(config, data) if source else modes.small_config(config, data, False)
+    cfg = (
+      typed_config.source_config(config, data)
+      if source
+      else typed_config.small_config(config, data, False)
+    )
     params = model.init_params(cfg, jax.random.key(0))
     task_C = data.task_descriptors()[0] if source else None
     return lambda: sampling.sample(cfg, params, batch, jax.random.key(1), task_C)
   if call == "project":
     return workloads.projection_call(sizes, sizes.source["d"], sizes.small["d"])
   trainer = workloads.make_trainer(config, data)
-  batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
-  placed = trainer.place_batch(batcher.batch(0))
+  batcher = pipeline.TaskBatch(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+  placed = pipeline.place(batcher(0), trainer.batch_shardings)
   state = trainer.init_state(jax.random.key(0))
 
   def step():

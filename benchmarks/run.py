@@ -23,18 +23,11 @@ from absl import app, flags
 
 from benchmarks import common, workloads
 from configs import digits
-from projectable import (
-  compare,
-  config_lib,
-  flops,
-  frontier,
-  host_memory,
-  model,
-  modes,
-  projector,
-  sharding,
-)
 from projectable import data as data_lib
+from projectable.core import costs, model, projector
+from projectable.data import pipeline
+from projectable.experiments import arms, frontier
+from projectable.training import host_memory, sharding, typed_config, validation
 
 FLAGS = flags.FLAGS
 
@@ -63,11 +56,9 @@ def mfu_and_overhead(sizes: workloads.Sizes, data, peak: float) -> dict:
   for mode in ("source", "projectable"):
     config = workloads.bench_config(sizes, mode)
     trainer = workloads.make_trainer(config, data)
-    batcher = data_lib.TaskBatcher(
-      data, config.train.batch_tasks, config.train.examples_per_task, 0
-    )
-    seconds[mode], compiles[mode] = workloads.step_seconds(trainer, batcher.batch(0), sizes.repeats)
-    step_flops[mode] = flops.train_step_flops(config, trainer.method)
+    batcher = pipeline.TaskBatch(data, config.train.batch_tasks, config.train.examples_per_task, 0)
+    seconds[mode], compiles[mode] = workloads.step_seconds(trainer, batcher(0), sizes.repeats)
+    step_flops[mode] = trainer.method.step_flops()
   inputs = {"source": sizes.source, "small": sizes.small, "batch": [10, sizes.examples_per_task]}
   achieved = step_flops["source"] / seconds["source"]
   return {
@@ -93,6 +84,30 @@ def mfu_and_overhead(sizes: workloads.Sizes, data, peak: float) -> dict:
   }
 
 
+def _emission_seconds(trainer, batch, sizes: workloads.Sizes, data) -> tuple[dict, float]:
+  """Trains the projectable run, then times one task's, all tasks' and the core's emission;
+  ({name: seconds}, the projected specialists' test bits/dim)."""
+  state = trainer.init_state(jax.random.key(0))
+  for step in range(sizes.projectable_steps):
+    state, _ = trainer.train_step(state, pipeline.place(batch(step), trainer.batch_shardings))
+  params = state["params"]
+  target = trainer.evaluate(params, data, data.test)["main"]["mean"]
+  source, proj = params["source"], params["projector"]
+  tasks_MxC = jnp.asarray(data.task_descriptors())
+  emit = jax.jit(projector.project)
+  emit_all = jax.jit(projector.project_tasks)
+  core_of = jax.jit(projector.projection_core)
+  core = core_of(source, proj)
+  from_core = jax.jit(lambda c, p, t_C: projector.project_from_core(c, p, t_C[None]))
+  calls = {
+    "emit": lambda _: emit(source, proj, tasks_MxC[0]),
+    "emit_all": lambda _: emit_all(source, proj, tasks_MxC),
+    "core": lambda _: core_of(source, proj),
+    "from_core": lambda _: from_core(core, proj, tasks_MxC[0]),
+  }
+  return {k: common.median_seconds(f, sizes.repeats) for k, f in calls.items()}, target
+
+
 def emission(sizes: workloads.Sizes, data, peak: float) -> dict:
   """emit_ms of a jitted ``project`` and emit_vs_train against specialists trained from scratch.
 
@@ -106,47 +121,24 @@ def emission(sizes: workloads.Sizes, data, peak: float) -> dict:
     ("projectable", sizes.projectable_steps),
     ("specialists", sizes.specialist_cap),
   ):
-    config = frontier.compute_optimal(
-      compare.scaled(workloads.bench_config(sizes, mode), steps), ()
-    )
+    config = frontier.compute_optimal(arms.scaled(workloads.bench_config(sizes, mode), steps), ())
     trainers[mode] = workloads.make_trainer(config, data)
-    batcher = data_lib.TaskBatcher(data, config.train.batch_tasks, sizes.examples_per_task, 0)
-    batches[mode] = batcher.batch
-  state = trainers["projectable"].init_state(jax.random.key(0))
-  for step in range(sizes.projectable_steps):
-    batch = trainers["projectable"].place_batch(batches["projectable"](step))
-    state, _ = trainers["projectable"].train_step(state, batch)
-  params = state["params"]
-  target = trainers["projectable"].evaluate(params, data, data.test)["main"]["mean"]
-  emit = jax.jit(projector.project)
-  tasks_MxC = jnp.asarray(data.task_descriptors())
-  emit_s = common.median_seconds(
-    lambda _: emit(params["source"], params["projector"], tasks_MxC[0]), sizes.repeats
-  )
-  emit_all = jax.jit(projector.project_tasks)
-  emit_all_s = common.median_seconds(
-    lambda _: emit_all(params["source"], params["projector"], tasks_MxC), sizes.repeats
-  )
-  core_of = jax.jit(projector.projection_core)
-  core_s = common.median_seconds(
-    lambda _: core_of(params["source"], params["projector"]), sizes.repeats
-  )
-  core = core_of(params["source"], params["projector"])
-  from_core = jax.jit(lambda c, p, t_C: projector.project_from_core(c, p, t_C[None]))
-  from_core_s = common.median_seconds(
-    lambda _: from_core(core, params["projector"], tasks_MxC[0]), sizes.repeats
-  )
-
-  proj = trainers["projectable"].config
-  models = (modes.source_config(proj, data), modes.small_config(proj, data, False))
-  emit_flops = flops.projection_flops(*models, proj.projector.rank, proj.projector.form)
+    batches[mode] = pipeline.TaskBatch(data, config.train.batch_tasks, sizes.examples_per_task, 0)
+  seconds, target = _emission_seconds(trainers["projectable"], batches["projectable"], sizes, data)
+  emit_s, emit_all_s = seconds["emit"], seconds["emit_all"]
+  tasks = data.num_tasks
+  method = trainers["projectable"].method
+  proj = method.proj
+  emit_flops = costs.projection_flops(method.src, method.small, proj.rank, proj.form)
   spec = trainers["specialists"]
   step_s, _ = workloads.step_seconds(spec, batches["specialists"](0), sizes.repeats)
   state, reached, steps, bits = spec.init_state(jax.random.key(0)), False, 0, math.inf
   best = math.inf
   while steps < sizes.specialist_cap and not reached:
     for _ in range(sizes.eval_every):
-      state, _ = spec.train_step(state, spec.place_batch(batches["specialists"](steps)))
+      state, _ = spec.train_step(
+        state, pipeline.place(batches["specialists"](steps), spec.batch_shardings)
+      )
       steps += 1
     bits = spec.evaluate(state["params"], data, data.test)["main"]["mean"]
     best, reached = min(best, bits), bits <= target
@@ -157,16 +149,16 @@ def emission(sizes: workloads.Sizes, data, peak: float) -> dict:
       "inputs": {
         "source": sizes.source,
         "small": sizes.small,
-        "rank": proj.projector.rank,
+        "rank": proj.rank,
         "jit": True,
       },
       "all_tasks_ms": emit_all_s * 1e3,  # Every task's specialist from one project_tasks.
       # The task-independent projection_core, computed once per checkpoint ...
-      "core_ms": core_s * 1e3,
+      "core_ms": seconds["core"] * 1e3,
       # ... after which each further specialist costs only its rank-k corrections.
-      "from_core_ms": from_core_s * 1e3,
-      "tasks": int(tasks_MxC.shape[0]),
-      "flops": emit_flops,  # One task's projection (flops.projection_flops) ...
+      "from_core_ms": seconds["from_core"] * 1e3,
+      "tasks": tasks,
+      "flops": emit_flops,  # One task's projection (costs.projection_flops) ...
       "peak_ms": emit_flops / peak * 1e3,  # ... at the peak matmul rate: the machine's limit.
     },
     "emit_vs_train": {
@@ -202,7 +194,7 @@ def sample_speedup(sizes: workloads.Sizes, data, peak: float) -> dict:
   of the machine the smaller model keeps busy.
   """
   config = workloads.bench_config(sizes, "projectable")
-  src = modes.source_config(config, data)
+  src = typed_config.source_config(config, data)
   task_C = data.task_descriptors()[0]
   src_params = model.init_params(src, jax.random.key(0))
   batches = (1, 64)
@@ -211,9 +203,9 @@ def sample_speedup(sizes: workloads.Sizes, data, peak: float) -> dict:
   per_width = {}
   for ds in (sizes.small["d"] // 2, sizes.small["d"], 2 * sizes.small["d"]):
     config.small.update(d=ds, heads=ds // head_dim, mlp_dim=4 * ds)
-    small = modes.small_config(config, data, False)
+    small = typed_config.small_config(config, data, False)
     small_params = model.init_params(small, jax.random.key(1))
-    seq_flops = {m: flops.forward_flops_per_sequence(m) for m in (src, small)}
+    seq_flops = {m: costs.forward_flops_per_sequence(m) for m in (src, small)}
     flop_ratio = seq_flops[src] / seq_flops[small]
     per_batch = {}
     for b in batches:
@@ -303,8 +295,8 @@ def run(quick: bool, out: str, retained_memory: bool = False, train: dict | None
   """
   sizes = dataclasses.replace(workloads.QUICK if quick else workloads.FULL, train=train or {})
   config = workloads.bench_config(sizes, "projectable")
-  config_lib.validate(config)
-  config_lib.check_backend(config)
+  validation.validate(config)
+  validation.check_backend(config)
   data = data_lib.load(digits.get_config().data)
   mesh = sharding.make_mesh("data:1,model:1")
   with jax.set_mesh(mesh):

@@ -16,7 +16,8 @@ from absl import app, flags
 from benchmarks.common import sample_seconds
 from configs import digits
 from projectable import data as data_lib
-from projectable import flops, host_memory, model, modes
+from projectable.core import costs, model
+from projectable.training import host_memory, typed_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batches", ["1", "64"], "Images drawn per call.")
@@ -31,8 +32,8 @@ def main(argv: list[str]) -> None:
   data = data_lib.load(config.data)
   task_C = data.task_descriptors()[0]
   models = {
-    "source": (modes.source_config(config, data), task_C),
-    "specialist": (modes.small_config(config, data, conditional=False), None),
+    "source": (typed_config.source_config(config, data), task_C),
+    "specialist": (typed_config.small_config(config, data, conditional=False), None),
   }
   print(
     f"device: {jax.devices()[0].device_kind}; {data.name}: {data.seq_len} tokens per image, "
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
   rate: dict[tuple[str, int], float] = {}
   for name, (cfg, cond) in models.items():
     params = model.init_params(cfg, jax.random.key(0))
-    mflop = flops.forward_flops_per_sequence(cfg) / 1e6
+    mflop = costs.forward_flops_per_sequence(cfg) / 1e6
     shape = f"{cfg.d}/{cfg.heads}/{cfg.mlp_dim}/{cfg.depth}"
     for batch in map(int, FLAGS.batches):
       seconds = sample_seconds(cfg, params, cond, batch, FLAGS.repeats)
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> None:
         f"{rate[name, batch]:>10.0f} {seconds / batch * 1e3:>9.3f}"
       )
   src, small = (models[n][0] for n in ("source", "specialist"))
-  ratio = flops.forward_flops_per_sequence(src) / flops.forward_flops_per_sequence(small)
+  ratio = costs.forward_flops_per_sequence(src) / costs.forward_flops_per_sequence(small)
   speedups = ", ".join(
     f"batch {b}: {rate['specialist', b] / rate['source', b]:.2f}x" for b in map(int, FLAGS.batches)
   )

@@ -39,9 +39,10 @@ def _measure(rules: dict, mesh_spec: str, repeats: int) -> dict:
   from benchmarks import common
   from configs import digits
   from projectable import data as data_lib
-  from projectable import pipeline, sharding
-  from projectable.modes import make_method
-  from projectable.trainer import Trainer
+  from projectable.data import pipeline
+  from projectable.training import sharding
+  from projectable.training.modes import make_method
+  from projectable.training.trainer import Trainer
 
   config = digits.get_config()
   config.mesh = mesh_spec
@@ -49,7 +50,7 @@ def _measure(rules: dict, mesh_spec: str, repeats: int) -> dict:
   data = data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(config, make_method(config, data), mesh)
+    trainer = Trainer(make_method(config, data), mesh)
     state = trainer.init_state(jax.random.key(0))
     it = pipeline.train_iterator(data, config.train.batch_tasks, config.train.examples_per_task, 0)
     batch = pipeline.place(next(it), trainer.batch_shardings)

@@ -19,8 +19,10 @@ import numpy as np
 
 from benchmarks import common
 from configs import digits
-from projectable import model, modes, projector, sharding
-from projectable.trainer import Trainer
+from projectable.core import model, projector
+from projectable.data import pipeline
+from projectable.training import modes, sharding
+from projectable.training.trainer import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,7 @@ def synthetic_batch(config, data) -> dict[str, np.ndarray]:
 def _trainer(config_json: str, seq_len: int) -> Trainer:
   config = ml_collections.ConfigDict(json.loads(config_json))
   data = synthetic_data(seq_len)
-  return Trainer(config, modes.make_method(config, data), sharding.make_mesh(config.mesh))
+  return Trainer(modes.make_method(config, data), sharding.make_mesh(config.mesh))
 
 
 def make_trainer(config, data) -> Trainer:
@@ -124,7 +126,7 @@ def make_trainer(config, data) -> Trainer:
 def step_seconds(trainer: Trainer, batch: dict, repeats: int) -> tuple[float, int]:
   """Median train-step time from a fresh state, and how many times the step compiled."""
   state = trainer.init_state(jax.random.key(0))
-  batch = trainer.place_batch(batch)
+  batch = pipeline.place(batch, trainer.batch_shardings)
 
   def step(_):
     nonlocal state

@@ -7,7 +7,7 @@ Override any field with ``--config.a.b=value``.
 
 from ml_collections import ConfigDict
 
-from projectable.config_lib import base_config, make_tiny, parse_variant
+from projectable.training.config import base_config, make_tiny, parse_variant
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

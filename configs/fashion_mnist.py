@@ -13,7 +13,7 @@ class sets: ``--config.data.tasks='tops:0,2,4,6;bottoms:1,3;footwear:5,7,9;bag:8
 
 from ml_collections import ConfigDict
 
-from projectable.config_lib import base_config, make_tiny, parse_variant
+from projectable.training.config import base_config, make_tiny, parse_variant
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.data.downsample = 2  # 28x28 -> 14x14 by 2x2 mean pooling: 196 tokens.
     c.data.levels = 16
     c.train.examples_per_task = 6
-    c.train.num_steps = 600  # As the design's reference points (DESIGN.md).
+    c.train.num_steps = 600  # The reference budget of the committed frontiers (docs/results).
     c.train.warmup_steps = 50
     c.train.eval_every = 200
     c.train.log_every = 50

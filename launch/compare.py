@@ -14,19 +14,18 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import compare, host_memory, log_filters
+from projectable.experiments import arms, compare
+from projectable.training import host_memory, log_filters
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory holding one sub-workdir per run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
 flags.DEFINE_enum("budget", "steps", ["steps", "flops"], "What is matched across methods.")
-flags.DEFINE_list(
-  "methods", list(compare.DEFAULT_METHODS), f"Methods to run, of {', '.join(compare.METHODS)}."
-)
+flags.DEFINE_list("methods", list(arms.DEFAULT_ARMS), f"Methods to run, of {', '.join(arms.ARMS)}.")
 flags.DEFINE_float(
   "distill_weight",
-  compare.DISTILL_WEIGHT,
+  arms.DISTILL_WEIGHT,
   "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
 )
 flags.DEFINE_string(

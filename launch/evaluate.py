@@ -16,7 +16,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import export
+from projectable.specialists import export
+from projectable.training import restore
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("specialist", None, "An exported specialist directory (OUT/<task>).")
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
   if bool(FLAGS.workdir) == (FLAGS.config is not None):
     raise app.UsageError("give exactly one of --workdir or --config (where the data come from)")
   try:
-    config = export.read_config(FLAGS.workdir) if FLAGS.workdir else FLAGS.config
+    config = restore.read_config(FLAGS.workdir) if FLAGS.workdir else FLAGS.config
     scores = export.evaluate_specialist(FLAGS.specialist, config, FLAGS.classes)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e

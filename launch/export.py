@@ -15,7 +15,7 @@ or comma-separated names or indices) and, from a projectable run, class sets
 
 from absl import app, flags
 
-from projectable import export
+from projectable.specialists import export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) training run.")

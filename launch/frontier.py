@@ -10,7 +10,7 @@ Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
 steps. Projectable runs (the reference included) use ``lambda_source=0``, the
 best projectable setting at equal FLOPs (docs/results), unless the command line
 sets ``--config.lambda_source`` (e.g. 1: training's default, the paper's). See
-projectable/frontier.py for the steps each method gets and how
+projectable/experiments/frontier.py for the steps each method gets and how
 weight_selection_ft and the *_distill methods pay for their source. Writes
 DIR/frontier.{json,md,png}; each point has its own sub-workdir, and rerunning
 resumes unfinished points and reuses finished ones.
@@ -23,7 +23,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable import compare, frontier, host_memory, log_filters
+from projectable.experiments import arms, frontier, frontier_report
+from projectable.training import host_memory, log_filters
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -39,9 +40,9 @@ flags.DEFINE_list("top_seeds", ["0", "1", "2"], "Seeds at the largest budget.")
 flags.DEFINE_list(
   "methods",
   None,
-  f"Methods to run, of {', '.join(frontier.METHODS)}. Default: "
-  f"{', '.join(frontier.DEFAULT_METHODS)}; with --source_workdir, "
-  f"{', '.join(compare.FROM_SOURCE)}.",
+  f"Methods to run, of {', '.join(frontier.ARMS)}. Default: "
+  f"{', '.join(frontier.DEFAULT_ARMS)}; with --source_workdir, "
+  f"{', '.join(arms.FROM_SOURCE)}.",
 )
 flags.DEFINE_string(
   "source_workdir",
@@ -57,7 +58,7 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
   "distill_weight",
-  compare.DISTILL_WEIGHT,
+  arms.DISTILL_WEIGHT,
   "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
 )
 flags.DEFINE_bool(
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> None:
     budgets = [float(fractions.Fraction(b)) for b in FLAGS.budgets]
   except ValueError as e:
     raise app.UsageError(f"--budgets={','.join(FLAGS.budgets)}: {e}") from None
-  default_methods = compare.FROM_SOURCE if FLAGS.source_workdir else frontier.DEFAULT_METHODS
+  default_methods = arms.FROM_SOURCE if FLAGS.source_workdir else frontier.DEFAULT_ARMS
   overridden = config_flags.get_override_values(FLAGS["config"])
   result = frontier.frontier(
     frontier.compute_optimal(FLAGS.config, overridden),
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> None:
     source_workdir=FLAGS.source_workdir,
     train=not FLAGS.report_only,
   )
-  print(frontier.markdown(result))
+  print(frontier_report.markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 
 from absl import app, flags
 
-from projectable import frontier
+from projectable.experiments import frontier_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("frontiers", None, "frontier.json files to join.")
@@ -28,11 +28,11 @@ def main(argv: list[str]) -> None:
     with open(path) as f:
       results.append(json.load(f))
   try:
-    merged = frontier.merge(results)
+    merged = frontier_report.merge(results)
   except ValueError as e:
     raise app.UsageError(f"--frontiers={','.join(FLAGS.frontiers)}: {e}") from None
-  frontier.write(merged, FLAGS.workdir)
-  print(frontier.markdown(merged))
+  frontier_report.write(merged, FLAGS.workdir)
+  print(frontier_report.markdown(merged))
 
 
 if __name__ == "__main__":

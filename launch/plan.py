@@ -30,9 +30,13 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from projectable import config_lib, log_filters, sharding  # noqa: E402
 from projectable import data as data_lib  # noqa: E402
-from projectable import plan as plan_lib  # noqa: E402
+from projectable.experiments import memory  # noqa: E402
+from projectable.training import (  # noqa: E402
+  log_filters,
+  sharding,
+  validation,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -46,10 +50,10 @@ def main(argv: list[str]) -> None:
   log_filters.quiet_library_logs()
   config = FLAGS.config.copy_and_resolve_references()
   config.mesh = FLAGS.mesh
-  config_lib.validate(config)
+  validation.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    print(plan_lib.format_plan(plan_lib.plan(config, data_lib.load(config.data), mesh)))
+    print(memory.format_memory_plan(memory.memory_plan(config, data_lib.load(config.data), mesh)))
 
 
 if __name__ == "__main__":

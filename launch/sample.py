@@ -11,8 +11,9 @@ model given the task, or the task's specialist in the other modes.
 import jax
 from absl import app, flags
 
-from projectable import artifacts, export
-from projectable.specialist import load_specialist
+from projectable.specialists import export, images
+from projectable.specialists.artifact import load_specialist
+from projectable.training import restore
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("specialist", None, "An exported specialist directory (OUT/<task>).")
@@ -34,12 +35,12 @@ def _generator() -> tuple:
     if missing:
       raise ValueError(f"{FLAGS.specialist}/config.json lacks {missing}; cannot draw images")
     return specialist.cfg, specialist.params, None, tuple(meta["image_shape"]), meta["levels"]
-  run = export.load_run(FLAGS.workdir, FLAGS.step)
+  run = restore.load_run(FLAGS.workdir, FLAGS.step)
   task_ids = export.resolve_tasks(FLAGS.task, run.data.task_names)
   if len(task_ids) != 1:
     raise ValueError(f"--task must name one task, got {FLAGS.task!r}")
   t = task_ids[0]
-  cfg, weights, task_C = run.method.generator(run.params, t, run.data.task_descriptors()[t])
+  cfg, weights, task_C = run.method.sampler(run.params, t, run.data.task_descriptors()[t])
   return cfg, weights, task_C, run.data.image_shape, run.data.levels
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--task and --step go with --workdir; a specialist has one task")
   try:
     cfg, weights, task_C, image_shape, levels = _generator()
-    artifacts.save_samples(
+    images.save_samples(
       cfg,
       weights,
       task_C,

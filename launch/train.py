@@ -17,7 +17,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from projectable import distributed, host_memory, log_filters, train, workdir_guard
+from projectable.experiments.run import train_and_evaluate
+from projectable.training import (
+  distributed,
+  host_memory,
+  log_filters,
+  preemption,
+  workdir_guard,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -48,8 +55,8 @@ def main(argv: list[str]) -> None:
   logging.info("Config:\n%s", FLAGS.config)
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:
-    train.train_and_evaluate(FLAGS.config, workdir)
-  except workdir_guard.Preempted as e:
+    train_and_evaluate(FLAGS.config, workdir)
+  except preemption.Preempted as e:
     logging.warning("%s", e)
     if FLAGS.fresh:
       logging.warning("--fresh starts anew: to resume, rerun with --workdir=%s only.", workdir)

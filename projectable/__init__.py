@@ -1,5 +1,5 @@
 """projectable: one-shot projection of a large Transformer into small task specialists."""
 
-from projectable.specialist import Specialist, load_specialist
+from projectable.specialists.artifact import Specialist, load_specialist
 
 __all__ = ["Specialist", "load_specialist"]

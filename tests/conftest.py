@@ -1,5 +1,6 @@
 """Test setup: 4 fake CPU devices and strict rank promotion, before JAX starts."""
 
+import functools
 import importlib.util
 import os
 import sys
@@ -14,6 +15,8 @@ import jax
 import pytest
 from absl import flags
 
+from projectable.experiments.run import train_and_evaluate
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests build many trainers of the same shapes: reuse compiled executables across them.
 jax.config.update(
@@ -21,6 +24,22 @@ jax.config.update(
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def load_digits():
+  """``load_digits(split_seed=0)``: scikit-learn's digits through the real loader (their
+  TFDS builder, prepared once), at the digits config's levels and split fractions."""
+  from configs import digits
+  from projectable import data as data_lib
+
+  @functools.cache
+  def load(split_seed: int = 0):
+    config = digits.get_config("tiny")
+    config.data.split_seed = split_seed
+    return data_lib.load(config.data)
+
+  return load
 
 
 @pytest.fixture
@@ -38,12 +57,11 @@ def source_workdir(tmp_path_factory):
   """A finished tiny ``source`` run (warm starts and distillation teachers); tests that
   move it must put it back."""
   from configs import digits
-  from projectable import train
 
   config = digits.get_config("tiny")
   config.mesh, config.mode = "data:1,model:1", "source"
   workdir = str(tmp_path_factory.mktemp("source"))
-  train.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   return workdir
 
 

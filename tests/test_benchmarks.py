@@ -7,6 +7,7 @@ import math
 import pytest
 
 from benchmarks import run, workloads
+from projectable.training import typed_config
 
 KEYS = (
   "mfu_source",
@@ -90,13 +91,12 @@ def test_profile_traces_sampling_projection_and_steps_at_their_sizes():
 def test_train_options_reach_every_benchmarked_model_and_are_checked_first(tmp_path):
   from configs import digits
   from projectable import data as data_lib
-  from projectable import modes
 
   options = {"compute_dtype": "bfloat16", "attention": "xla"}
   sizes = dataclasses.replace(workloads.QUICK, train=options)
   data = data_lib.load(digits.get_config().data)
   for mode in ("source", "projectable"):
-    src = modes.source_config(workloads.bench_config(sizes, mode), data)
+    src = typed_config.source_config(workloads.bench_config(sizes, mode), data)
     assert (src.compute_dtype, src.attention) == ("bfloat16", "xla")
   out = tmp_path / "results.json"
   with pytest.raises(ValueError, match=r"config\.train\.attention='cudnn'"):  # This is a CPU.

@@ -6,16 +6,16 @@ import os
 import pytest
 from PIL import Image
 
-from projectable import compare
+from projectable.experiments import arms, compare
 
 
 def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  result = compare.compare(tiny_config, workdir, [0], "flops", methods=compare.METHODS)
-  assert set(result["methods"]) == set(compare.METHODS)
+  result = compare.compare(tiny_config, workdir, [0], "flops", methods=arms.ARMS)
+  assert set(result["methods"]) == set(arms.ARMS)
   with open(os.path.join(workdir, "comparison.json")) as f:
     on_disk = json.load(f)
-  assert set(on_disk["methods"]) == set(compare.METHODS)
+  assert set(on_disk["methods"]) == set(arms.ARMS)
   for method in on_disk["methods"].values():
     assert 0 < method["bits_per_dim"]["mean"] < 10
     assert len(method["bits_per_dim"]["per_task"]) == 10
@@ -24,14 +24,14 @@ def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_p
   assert methods["universal"]["steps"] > methods["projectable"]["steps"]
   assert abs(methods["universal"]["train_flops"] / methods["projectable"]["train_flops"] - 1) < 0.1
   # Fine-tuning the selection and distilling are charged for the source they build on.
-  for method in compare.FROM_SOURCE:
+  for method in arms.FROM_SOURCE:
     own = methods[method]["train_flops"] - methods["source"]["train_flops"]
     assert abs(own / methods["projectable"]["train_flops"] - 1) < 0.1, method
   # Each distilled step also runs the teacher: fewer steps than the plain model at equal FLOPs.
   assert methods["universal_distill"]["steps"] < methods["universal"]["steps"]
   with open(os.path.join(workdir, "comparison.md")) as f:
     table = f.read()
-  assert all(f"| {m} |" in table for m in compare.METHODS)
+  assert all(f"| {m} |" in table for m in arms.ARMS)
   assert "alpha = 0.5" in table
   with Image.open(os.path.join(workdir, "comparison.png")) as image:
     assert image.format == "PNG"
@@ -51,7 +51,7 @@ def test_unknown_method_or_budget_raises(tiny_config, tmp_path):
 @pytest.mark.parametrize("num_steps", [2, 38, 79, 600, 1000])
 def test_scaled_runs_keep_their_number_of_evaluations(tiny_config, num_steps):
   tiny_config.train.num_steps, tiny_config.train.eval_every = 600, 200  # 3 evaluations.
-  train = compare.scaled(tiny_config, num_steps).train
+  train = arms.scaled(tiny_config, num_steps).train
   assert train.num_steps == num_steps and 0 <= train.warmup_steps < num_steps
   evals = [s for s in range(1, num_steps + 1) if s % train.eval_every == 0 or s == num_steps]
   assert len(evals) == min(3, num_steps) and evals[-1] == num_steps

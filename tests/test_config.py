@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from ml_collections import ConfigDict
 
 from configs import digits
-from projectable import config_lib, train
-from projectable.projector import FORMS
+from projectable.core.projector import FORMS
+from projectable.experiments.run import train_and_evaluate
+from projectable.training import modes, validation
 
 BAD_VALUES = [
   ("mode", "teacher", "config.mode"),
@@ -42,32 +43,32 @@ def test_bad_value_raises_naming_the_field_before_any_work(tmp_path, field, valu
   (config[section] if section else config)[name] = value
   workdir = os.path.join(tmp_path, "run")
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-    train.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir)
 
 
 def test_cudnn_attention_off_gpu_raises_before_any_work(tmp_path):
   config = digits.get_config("tiny")
   config.train.update(attention="cudnn", compute_dtype="bfloat16")
-  config_lib.validate(config)  # A valid config (launch/plan.py plans it anywhere) ...
+  validation.validate(config)  # A valid config (launch/plan.py plans it anywhere) ...
   workdir = os.path.join(tmp_path, "run")
   with pytest.raises(ValueError, match=r"config\.train\.attention=.*NVIDIA GPUs.*'cpu'"):
-    train.train_and_evaluate(config, workdir)  # ... that this CPU cannot run.
+    train_and_evaluate(config, workdir)  # ... that this CPU cannot run.
   assert not os.path.exists(workdir)
 
 
 def test_cudnn_attention_needs_head_widths_that_are_multiples_of_8():
   config = digits.get_config("tiny")  # Heads 8 and 8 wide: valid ...
   config.train.update(attention="cudnn", compute_dtype="bfloat16")
-  config_lib.validate(config)
+  validation.validate(config)
   config.small.heads = 4  # ... 16 / 4 = 4 wide: not for cuDNN.
   with pytest.raises(ValueError, match=r"config\.small\.heads=4 .*multiples of 8"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_defaults_and_variants_validate():
   for variant in (None, "tiny", "variant=tiny"):
-    config_lib.validate(digits.get_config(variant))
+    validation.validate(digits.get_config(variant))
   with pytest.raises(ValueError, match="unknown config variant"):
     digits.get_config("huge")
 
@@ -107,7 +108,7 @@ def _bad_meshes():
 
 # Values that are bad for the field alone, whatever the other fields hold.
 BAD = {
-  "mode": _other_text(config_lib.MODES),
+  "mode": _other_text(tuple(modes.MODES)),
   "seed": NOT_INT | st.integers(max_value=-1) | st.integers(min_value=2**31),
   "data.split_seed": NOT_INT | st.integers(max_value=-1),
   "lambda_source": NOT_NUMBER | NEGATIVE,
@@ -134,8 +135,8 @@ BAD = {
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.remat": st.none() | st.integers() | st.text(max_size=4),
-  "train.nonfinite": _other_text(config_lib.NONFINITE_POLICIES),
-  "train.compute_dtype": _other_text(config_lib.COMPUTE_DTYPES),
+  "train.nonfinite": _other_text(validation.NONFINITE_POLICIES),
+  "train.compute_dtype": _other_text(validation.COMPUTE_DTYPES),
   "model.d": _not_positive_int(),
   "model.heads": _not_positive_int(),
   "small.depth": _not_positive_int(),
@@ -167,4 +168,4 @@ def _with(field: str, value) -> ConfigDict:
 def test_any_bad_value_raises_a_value_error_naming_its_field(field_and_value):
   field, value = field_and_value
   with pytest.raises(ValueError, match=rf"config\.{re.escape(field)}\b"):
-    config_lib.validate(_with(field, value))
+    validation.validate(_with(field, value))

@@ -8,8 +8,11 @@ import tensorflow_datasets as tfds
 
 from configs import digits as digits_config
 from configs import fashion_mnist as fashion_config
-from projectable import config_lib, sources, tfds_sources
 from projectable import data as data_lib
+from projectable.data import sources, tfds_sources
+from projectable.data import tokens as tokens_lib
+from projectable.training import config as config_lib
+from projectable.training import validation
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +37,17 @@ def fashion(tfds_dir):
   return data_lib.load(_cfg(tfds_dir, name="fashion_mnist", levels=16, downsample=2))
 
 
-def test_digits_via_tfds_equal_the_direct_loader(tfds_dir):
+def test_digits_via_tfds_equal_scikit_learns_arrays_split_per_class(tfds_dir):
+  from sklearn.datasets import load_digits as sklearn_digits
+
   data = data_lib.load(_cfg(tfds_dir, name="digits"))
-  ref = data_lib.load_digits(17, 0.1, 0.2, seed=0)
-  assert sum(len(s.labels) for s in (data.train, data.val, data.test)) == 1797
+  raw = sklearn_digits()
+  tokens_NxL = data_lib.quantise(raw.images, 16.0, 17).reshape(len(raw.images), -1)
+  rows = tokens_lib.split_per_class(raw.target, 0.1, 0.2, seed=0)
   assert data.image_shape == (8, 8, 1) and data.task_names == tuple("0123456789")
-  for name in ("train", "val", "test"):
-    np.testing.assert_array_equal(getattr(data, name).tokens, getattr(ref, name).tokens)
-    np.testing.assert_array_equal(getattr(data, name).labels, getattr(ref, name).labels)
-  np.testing.assert_array_equal(data.train_records.tokens(np.arange(20)), data.train.tokens[:20])
+  for name, split_rows in zip(("train", "val", "test"), rows, strict=True):
+    np.testing.assert_array_equal(getattr(data, name).tokens, tokens_NxL[split_rows])
+    np.testing.assert_array_equal(getattr(data, name).labels, raw.target[split_rows])
 
 
 def test_fashion_mnist_counts_shapes_labels_and_downsampling(fashion):
@@ -241,9 +246,9 @@ def test_configs_validate():
   for variant in ("cpu", "full", "tiny"):
     config = fashion_config.get_config(variant)
     config.mesh = "data:1,model:1"
-    config_lib.validate(config)
+    validation.validate(config)
   config = digits_config.get_config("tiny")
   config.mesh = "data:1,model:1"
   config.data.downsample = 0
   with pytest.raises(ValueError, match=r"data\.downsample"):
-    config_lib.validate(config)
+    validation.validate(config)

@@ -8,10 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from projectable import config_lib, losses, model, sharding, train, warmstart
 from projectable import data as data_lib
-from projectable.modes import make_method
-from projectable.trainer import Trainer
+from projectable.core import losses, model
+from projectable.data import pipeline
+from projectable.experiments.run import train_and_evaluate
+from projectable.training import sharding, validation, warmstart
+from projectable.training.modes import make_method
+from projectable.training.restore import restore_params
+from projectable.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +34,10 @@ def mesh(tiny_config):
 
 
 def _batch(config, data, step=0):
-  batcher = data_lib.TaskBatcher(
+  batcher = pipeline.TaskBatch(
     data, config.train.batch_tasks, config.train.examples_per_task, config.seed
   )
-  return jax.tree.map(jax.numpy.asarray, batcher.batch(step))
+  return jax.tree.map(jax.numpy.asarray, batcher(step))
 
 
 def _distilled(config, mode, weight):
@@ -123,7 +127,7 @@ def test_projectable_reuses_the_source_forward(tiny_config, digits_data, mesh):
 def test_teacher_stays_fixed_while_the_student_trains(tiny_config, digits_data, mesh, mode):
   config = _distilled(tiny_config, mode, 0.5)
   method = make_method(config, digits_data)
-  trainer = Trainer(config, method, mesh)
+  trainer = Trainer(method, mesh)
   state = trainer.init_state(jax.random.key(0))
   before = jax.device_get(state["params"])
   for step in range(2):
@@ -146,8 +150,8 @@ def test_distilled_universal_run_resumes_bitwise_without_its_teacher_dir(
   config.distill.teacher_workdir = source_workdir
   config.train.eval_every = 100  # Evaluate at the end only.
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  metrics = train.train_and_evaluate(config, straight)
-  _, params, data = train.restore_params(config, straight, step=6)
+  metrics = train_and_evaluate(config, straight)
+  _, params, data = restore_params(config, straight, step=6)
   teacher = warmstart.load_teacher(config, data)
   jax.tree.map(np.testing.assert_array_equal, params["teacher"], teacher)
   assert metrics["num_params"]["small"] == model.num_params(params["small"])
@@ -157,10 +161,10 @@ def test_distilled_universal_run_resumes_bitwise_without_its_teacher_dir(
   shutil.rmtree(os.path.join(resumed, "best"))
   os.rename(source_workdir, source_workdir + "-away")
   try:
-    again = train.train_and_evaluate(config, resumed)
+    again = train_and_evaluate(config, resumed)
   finally:
     os.rename(source_workdir + "-away", source_workdir)
-  _, params_resumed, _ = train.restore_params(config, resumed, step=6)
+  _, params_resumed, _ = restore_params(config, resumed, step=6)
   jax.tree.map(np.testing.assert_array_equal, params, params_resumed)
   assert again["bits_per_dim"] == metrics["bits_per_dim"]
 
@@ -181,7 +185,7 @@ def test_bad_distill_config_raises_naming_the_field(tiny_config, mode, weight, t
   tiny_config.mode, tiny_config.distill.weight = mode, weight
   tiny_config.distill.teacher_workdir = teacher
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-    config_lib.validate(tiny_config)
+    validation.validate(tiny_config)
 
 
 @pytest.mark.parametrize(
@@ -198,10 +202,10 @@ def test_good_distill_configs_validate_and_the_same_with_a_bad_weight_does_not(
 ):
   tiny_config.mode, tiny_config.distill.weight = mode, weight
   tiny_config.distill.teacher_workdir = teacher
-  config_lib.validate(tiny_config)
+  validation.validate(tiny_config)
   tiny_config.distill.weight = 1.5
   with pytest.raises(ValueError, match=r"config\.distill\.weight=1\.5"):
-    config_lib.validate(tiny_config)
+    validation.validate(tiny_config)
 
 
 def test_missing_teacher_workdir_names_the_field(tiny_config, digits_data, tmp_path):
@@ -220,5 +224,5 @@ def test_distilling_from_an_unanchored_source_warns(
   tiny_config.mode, tiny_config.distill.weight = "projectable", 0.5
   tiny_config.lambda_source, tiny_config.train.freeze_source = lambda_source, frozen
   with caplog.at_level(logging.WARNING):
-    config_lib.validate(tiny_config)
+    validation.validate(tiny_config)
   assert ("own predictions drift" in caplog.text) == warns

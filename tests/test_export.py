@@ -11,8 +11,12 @@ from absl import app
 from PIL import Image
 
 from configs import digits
-from projectable import data, export, images, model, projector, tflite, train
-from projectable.specialist import load_specialist
+from projectable import data
+from projectable.core import model, projector
+from projectable.experiments.run import train_and_evaluate
+from projectable.specialists import export, images, tflite
+from projectable.specialists.artifact import load_specialist
+from projectable.training import restore
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def workdir(tmp_path_factory):
   config = digits.get_config("tiny")
   config.mesh = "data:1,model:1"
   path = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(config, path)
+  train_and_evaluate(config, path)
   return path
 
 
@@ -41,7 +45,7 @@ def exported(workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_data(workdir):
   """The run's data: digits, one task per class."""
-  return data.load(export.read_config(workdir).data)
+  return data.load(restore.read_config(workdir).data)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,7 @@ def test_unseen_class_set_is_projected_with_its_descriptor(
   assert summary["tasks"] == ["3", "pair38"]
   specialist, meta = load_specialist(os.path.join(out, "pair38"))
   assert (meta["task"], meta["task_classes"], meta["class_names"]) == ("pair38", [3, 8], ["3", "8"])
-  run = export.load_run(workdir)
+  run = restore.load_run(workdir)
   descriptor = np.isin(np.arange(10), [3, 8]) / 2.0
   weights = projector.project(run.params["source"], run.params["projector"], descriptor)
   tokens = _test_tokens(digits_data.test, [3, 8])
@@ -198,7 +202,7 @@ def test_unseen_class_set_is_projected_with_its_descriptor(
 
 
 def test_a_class_set_gets_the_descriptor_of_a_training_task_of_its_classes(workdir, digits_data):
-  config, per_class = export.read_config(workdir), digits_data
+  config, per_class = restore.read_config(workdir), digits_data
   extended, ids = export.select_tasks("all;pair38:8,3;odd:1,3,5,7,9", per_class)
   assert ids == list(range(12)) and extended.task_names[10:] == ("pair38", "odd")
   config.data.tasks = "pair38:3,8;odd:1,3,5,7,9"
@@ -235,7 +239,7 @@ def test_a_bad_class_set_writes_nothing(workdir, tmp_path):
 
 
 def test_class_sets_need_a_projectable_run(workdir, tmp_path):
-  config = export.read_config(workdir)
+  config = restore.read_config(workdir)
   config.mode = "specialists"
   os.makedirs(tmp_path / "run")
   (tmp_path / "run" / "config.json").write_text(config.to_json())
@@ -261,12 +265,12 @@ def test_evaluate_scores_a_specialist_on_any_class_set(
   assert scores["classes"] == [3, 8] and scores["num_images"] == len(tokens)
   assert abs(scores["bits_per_dim"] - nll.mean() / np.log(2)) < 1e-5
   assert abs(scores["per_class"]["3"]["bits_per_dim"] - meta["test_bits_per_dim"]) < 1e-6
-  own = export.evaluate_specialist(path, export.read_config(workdir))
+  own = export.evaluate_specialist(path, restore.read_config(workdir))
   assert own["classes"] == [3] and abs(own["bits_per_dim"] - meta["test_bits_per_dim"]) < 1e-6
 
 
 def test_evaluate_errors_name_the_bad_value(workdir, exported, run_launcher):
-  path, config = os.path.join(exported[0], "3"), export.read_config(workdir)
+  path, config = os.path.join(exported[0], "3"), restore.read_config(workdir)
   with pytest.raises(ValueError, match=r"--classes: class 10 is outside the dataset's classes"):
     export.evaluate_specialist(path, config, "3,10")
   config.data.levels = 5

@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import pytest
 
 from projectable import data as data_lib
-from projectable import flops, model, projector, sharding
-from projectable.model import ModelConfig
-from projectable.modes import make_method
-from projectable.trainer import Trainer
+from projectable.core import costs, model, projector
+from projectable.core.model import ModelConfig
+from projectable.data import pipeline
+from projectable.training import sharding
+from projectable.training.modes import make_method
+from projectable.training.trainer import Trainer
 
 # (mode, distill.weight, source_examples_per_task, freeze_source): every mode, then the
 # distilled ones. Projectable distills from its own source's training forward (-1) or runs
@@ -40,16 +42,16 @@ def test_counted_flops_match_xla_within_10_percent(tiny_config, mode, weight, n_
     method = make_method(tiny_config, data)
     # XLA counts a scanned loop body once: unroll the layers for an exact count.
     method.src = dataclasses.replace(method.src, unroll=True)
-    if hasattr(method, "small"):
+    if method.small is not None:
       method.small = dataclasses.replace(method.small, unroll=True)
-    trainer = Trainer(tiny_config, method, mesh)
-    batcher = data_lib.TaskBatcher(
+    trainer = Trainer(method, mesh)
+    batcher = pipeline.TaskBatch(
       data, tiny_config.train.batch_tasks, tiny_config.train.examples_per_task, 0
     )
-    batch = trainer.place_batch(batcher.batch(0))
+    batch = pipeline.place(batcher(0), trainer.batch_shardings)
     cost = trainer.train_step.lower(trainer.abstract_state, batch).compile().cost_analysis()
   xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
-  counted = flops.train_step_flops(tiny_config, method)
+  counted = method.step_flops()
   assert abs(counted / xla - 1) < 0.10, (counted, xla)
 
 
@@ -58,10 +60,10 @@ def test_projectable_step_costs_more_than_the_small_models_alone(tiny_config):
   per_mode = {}
   for mode in ("projectable", "universal", "source"):
     tiny_config.mode = mode
-    per_mode[mode] = flops.train_step_flops(tiny_config, make_method(tiny_config, data))
+    per_mode[mode] = make_method(tiny_config, data).step_flops()
   assert per_mode["projectable"] > per_mode["source"] + per_mode["universal"] * 0.9
   tiny_config.mode, tiny_config.lambda_source = "projectable", 0.0
-  without_source = flops.train_step_flops(tiny_config, make_method(tiny_config, data))
+  without_source = make_method(tiny_config, data).step_flops()
   assert without_source < per_mode["source"]
 
 
@@ -76,5 +78,5 @@ def test_projection_flops_match_xla_within_10_percent(rank, form):
   compiled = jax.jit(projector.project_tasks).lower(source, proj, tasks).compile()
   cost = compiled.cost_analysis()
   xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
-  counted = flops.projection_flops(src, small, rank, form, tasks=6)
+  counted = costs.projection_flops(src, small, rank, form, tasks=6)
   assert abs(counted / xla - 1) < 0.10, (counted, xla)

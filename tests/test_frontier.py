@@ -6,8 +6,8 @@ import os
 import pytest
 from PIL import Image
 
-from projectable import compare, frontier
 from projectable import data as data_lib
+from projectable.experiments import arms, compare, frontier, frontier_report
 
 
 def _no_training(config, workdir):
@@ -29,7 +29,7 @@ class _FakeTraining:
     metrics = {
       "bits_per_dim": {"mean": 2.0 / steps, "per_task": {str(t): 2.0 / steps for t in range(10)}},
       "final_step": {"step": steps},
-      "train_flops": steps * compare.step_flops(config, self.data),
+      "train_flops": steps * arms.step_flops(config, self.data),
     }
     os.makedirs(os.path.join(workdir, "eval"))
     with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
@@ -40,7 +40,7 @@ class _FakeTraining:
 
 def _top_points(config, tmp_path, methods, **kwargs):
   """The planned points of ``methods`` at budget 1, seed 0, source share 1/2."""
-  return frontier.plan(config, str(tmp_path), (1.0,), [0], [0], methods, 0.5, **kwargs)[1]
+  return frontier.schedule(config, str(tmp_path), (1.0,), [0], [0], methods, 0.5, **kwargs)[1]
 
 
 def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_path, monkeypatch):
@@ -60,19 +60,19 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
     on_disk = json.load(f)
   assert on_disk == result
   seeds = {(p["method"], p["budget"], p["seed"]) for p in on_disk["points"]}
-  assert seeds == {(m, b, 0) for m in frontier.DEFAULT_METHODS for b in budgets} | {
-    (m, 1.0, 1) for m in frontier.DEFAULT_METHODS
+  assert seeds == {(m, b, 0) for m in frontier.DEFAULT_ARMS for b in budgets} | {
+    (m, 1.0, 1) for m in frontier.DEFAULT_ARMS
   }
   points = {(p["method"], p["budget"]): p for p in on_disk["points"] if p["seed"] == 0}
   one_step = on_disk["reference_flops"] / tiny_config.train.num_steps  # The costliest step here.
   for (method, budget), p in points.items():
     assert abs(p["train_flops"] - p["budget_flops"]) <= one_step, (method, budget)
-  for method in frontier.DEFAULT_METHODS:
+  for method in frontier.DEFAULT_ARMS:
     steps = [points[(method, b)]["steps"] for b in budgets]
     assert steps == sorted(set(steps)), (method, steps)
   # The methods built on a source at budget 1 start from the source point at budget 1/2 and pay
   # for it; that source was trained once, and the one at 1/8 only for them.
-  for method in set(compare.FROM_SOURCE) & set(frontier.DEFAULT_METHODS):
+  for method in set(arms.FROM_SOURCE) & set(frontier.DEFAULT_ARMS):
     built = points[(method, 1.0)]
     assert built["source_workdir"] == "source_b0.5_seed0"
     assert built["source_flops"] == points[("source", 0.5)]["train_flops"]
@@ -80,7 +80,7 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
   assert fake.trained.count("source_b0.5_seed0") == 1 and "source_b0.125_seed0" in fake.trained
   with open(os.path.join(workdir, "frontier.md")) as f:
     table = f.read()
-  assert all(f"| {m} |" in table for m in frontier.DEFAULT_METHODS)
+  assert all(f"| {m} |" in table for m in frontier.DEFAULT_ARMS)
   assert "(2 seeds)" in table and "python launch/frontier.py" in table
   with Image.open(os.path.join(workdir, "frontier.png")) as image:
     assert image.format == "PNG"
@@ -92,7 +92,7 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
     budgets,
     [0],
     [0, 1],
-    frontier.DEFAULT_METHODS,
+    frontier.DEFAULT_ARMS,
     command="python launch/frontier.py",
   )
   assert again == result
@@ -134,8 +134,8 @@ def test_distill_points_learn_from_their_source_point(tiny_config, tmp_path):
     assert point.config.distill.teacher_workdir == point.source.workdir
     assert os.path.basename(point.source.workdir) == "source_b0.5_seed0"
     # Each step also runs the teacher's forward pass.
-    plain = compare.step_flops(compare.mode_config(tiny_config, mode, ""), data)
-    assert compare.step_flops(point.config, data) > 1.5 * plain
+    plain = arms.step_flops(arms.mode_config(tiny_config, mode, ""), data)
+    assert arms.step_flops(point.config, data) > 1.5 * plain
 
 
 def test_markdown_shows_seed_spread_and_source_steps():
@@ -152,7 +152,7 @@ def test_markdown_shows_seed_spread_and_source_steps():
     },
   ]
   result = _result(points)
-  table = frontier.markdown(result)
+  table = frontier_report.markdown(result)
   assert "| universal | 2.1000 ± 0.1000 (2 seeds) |" in table
   assert "| weight_selection_ft | 1.5000 |" in table
   assert "| weight_selection_ft | 3 + 5 |" in table
@@ -190,26 +190,26 @@ def _point(method, budget, seed, bits):
 def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
   ours = _result([_point("projectable", 0.5, 0, 2.0), _point("projectable", 1.0, 0, 1.8)])
   theirs = _result([_point("source", 1.0, 0, 1.7)], command="", missing=["source_b0.5_seed0"])
-  merged = frontier.merge([ours, theirs])
+  merged = frontier_report.merge([ours, theirs])
   assert [(p["method"], p["budget"]) for p in merged["points"]] == [
     ("projectable", 0.5),
     ("projectable", 1.0),
     ("source", 1.0),
   ]
   assert merged["missing"] == ["source_b0.5_seed0"]
-  frontier.write(merged, str(tmp_path))
+  frontier_report.write(merged, str(tmp_path))
   table = (tmp_path / "frontier.md").read_text()
   assert "| source |  | 1.7000 |" in table
   assert (tmp_path / "frontier.png").stat().st_size > 0
   with pytest.raises(ValueError, match=r"reference_flops=2000000000\.0"):
-    frontier.merge([ours, _result([_point("source", 1.0, 0, 1.7)], reference_flops=2e9)])
+    frontier_report.merge([ours, _result([_point("source", 1.0, 0, 1.7)], reference_flops=2e9)])
   with pytest.raises(ValueError, match=r"both hold point \('projectable', 1.0, 0\)"):
-    frontier.merge([ours, _result([_point("projectable", 1.0, 0, 1.9)])])
+    frontier_report.merge([ours, _result([_point("projectable", 1.0, 0, 1.9)])])
   # A frontier written before lambda_source was recorded merges with one at λ=0, not at two λ.
   at_0 = _result([_point("universal", 1.0, 0, 1.9)], lambda_source=0.0)
-  assert frontier.merge([ours, at_0])["lambda_source"] == 0.0
+  assert frontier_report.merge([ours, at_0])["lambda_source"] == 0.0
   with pytest.raises(ValueError, match=r"different lambda_source \[0.0, 1.0\]"):
-    frontier.merge([at_0, _result([_point("source", 1.0, 0, 1.7)], lambda_source=1.0)])
+    frontier_report.merge([at_0, _result([_point("source", 1.0, 0, 1.7)], lambda_source=1.0)])
 
 
 @pytest.mark.parametrize("override, expected", [([], 0.0), (["--config.lambda_source=1"], 1.0)])
@@ -232,7 +232,7 @@ def test_command_projects_at_lambda_0_unless_the_config_flag_says(
   result = json.loads((tmp_path / "frontier.json").read_text())
   config = digits.get_config("tiny")
   config.lambda_source = expected
-  reference = compare.reference_flops(config, data_lib.load(config.data))
+  reference = arms.reference_flops(config, data_lib.load(config.data))
   assert result["lambda_source"] == expected and result["reference_flops"] == reference
   assert len(result["missing"]) == 2 * 4  # Nothing trained: seed 0 at 1/2, 3 seeds at 1.
   assert f"projectable steps at λ={expected:g}" in (tmp_path / "frontier.md").read_text()
@@ -250,12 +250,12 @@ def test_amortised_frontier_builds_every_method_on_the_given_source(
     budgets,
     [0],
     [0],
-    compare.FROM_SOURCE,
+    arms.FROM_SOURCE,
     source_workdir=source_workdir,
   )
   # No source trained here: every point is the method's own training, the whole budget.
   assert sorted(fake.trained) == sorted(
-    f"{m}_b{b:g}_seed0" for m in compare.FROM_SOURCE for b in budgets
+    f"{m}_b{b:g}_seed0" for m in arms.FROM_SOURCE for b in budgets
   )
   one_step = result["reference_flops"] / tiny_config.train.num_steps
   for p in result["points"]:
@@ -263,8 +263,8 @@ def test_amortised_frontier_builds_every_method_on_the_given_source(
   with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
     trained = json.load(f)
   assert result["trained_source"]["train_flops"] == trained["train_flops"]
-  assert "Amortised" in frontier.markdown(result)
-  points = _top_points(tiny_config, tmp_path, compare.FROM_SOURCE, source_workdir=source_workdir)
+  assert "Amortised" in frontier_report.markdown(result)
+  points = _top_points(tiny_config, tmp_path, arms.FROM_SOURCE, source_workdir=source_workdir)
   by_method = {p.method: p.config for p in points}
   for method in ("projectable_tuned", "projectable_frozen", "weight_selection_ft"):
     assert by_method[method].init.source_workdir == source_workdir

@@ -11,7 +11,7 @@ import pytest
 # and prints the page faults of each call after the first.
 _PROBE = """
 import json, resource, sys
-from projectable import host_memory
+from projectable.training import host_memory
 applied = host_memory.retain_freed_memory() if sys.argv[1] == "retain" else False
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a: jnp.sum(jnp.sin(jnp.outer(a, a)) @ jnp.cos(jnp.outer(a, a))))

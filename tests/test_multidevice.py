@@ -34,10 +34,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 t0 = time.time()
 from configs import digits
-from projectable import checkpointing, pipeline, sharding, train, workdir_guard
+from projectable.training import checkpoints
+from projectable.data import pipeline
+from projectable.training import sharding
+from projectable.training import loop
+from projectable.training import workdir_guard
 from projectable import data as data_lib
-from projectable.modes import make_method
-from projectable.trainer import Trainer
+from projectable.training.modes import make_method
+from projectable.training.trainer import Trainer
 
 config = digits.get_config("tiny")
 config.train.examples_per_task = 8
@@ -58,14 +62,15 @@ reference, trainers = None, {}
 for spec in ["data:1", "data:8", "data:4,model:2", "data:2,model:4"]:
   mesh = sharding.make_mesh(spec)
   with jax.set_mesh(mesh):
-    trainer = trainers[spec] = Trainer(config, make_method(config, data), mesh)
+    trainer = trainers[spec] = Trainer(make_method(config, data), mesh)
     state = trainer.init_state(jax.random.key(config.seed))
     if spec == "data:2,model:4":
       out["param_specs"] = specs(state["params"])
       out["opt_specs"] = specs(state["opt_state"])
     losses = []
     for step in range(3):
-      state, metrics = trainer.train_step(state, trainer.place_batch(batch(step)))
+      placed = pipeline.place(batch(step), trainer.batch_shardings)
+      state, metrics = trainer.train_step(state, placed)
       losses.append(float(metrics["loss"]))
     params = jax.device_get(state["params"])
   out["losses"][spec] = losses
@@ -83,19 +88,19 @@ fsdp.train.examples_per_task = 8
 fsdp.sharding.rules.update(embed="data", small_heads="model", small_mlp="model")
 mesh = sharding.make_mesh("data:4,model:2")
 with jax.set_mesh(mesh):
-  trainer = Trainer(fsdp, make_method(fsdp, data), mesh)
+  trainer = Trainer(make_method(fsdp, data), mesh)
   state = trainer.init_state(jax.random.key(fsdp.seed))
   out["fsdp_specs"] = specs(state["params"])
   out["losses"]["fsdp"] = []
   for step in range(3):
-    state, metrics = trainer.train_step(state, trainer.place_batch(batch(step)))
+    state, metrics = trainer.train_step(state, pipeline.place(batch(step), trainer.batch_shardings))
     out["losses"]["fsdp"].append(float(metrics["loss"]))
 
 universal = digits.get_config("tiny")
 universal.mode = "universal"
 mesh = sharding.make_mesh("data:2,model:4")
 with jax.set_mesh(mesh):
-  shardings = Trainer(universal, make_method(universal, data), mesh).param_shardings
+  shardings = Trainer(make_method(universal, data), mesh).param_shardings
 out["universal_specs"] = [list(s.spec) for s in jax.tree.leaves(shardings)]
 
 # Save under data:8; resume the step-3 checkpoint under data:2,model:4.
@@ -113,10 +118,10 @@ logging.getLogger("absl").setLevel(logging.INFO)
 def run(mesh_spec, workdir):
   trainer = trainers[mesh_spec]  # Compiled above; eval_every only matters to the loop.
   with jax.set_mesh(trainer.mesh):
-    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
     try:
-      with workdir_guard.StopRequest() as stop:
-        state = train._train(config, data, trainer, ckpts, workdir, stop)
+      with preemption.StopRequest() as stop:
+        state = loop._train(config, data, trainer, ckpts, workdir, stop)
     finally:
       ckpts.close()
     return jax.device_get(state["params"])

@@ -7,8 +7,10 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from projectable import checkpointing, config_lib, pipeline, sharding
 from projectable import data as data_lib
+from projectable.data import pipeline
+from projectable.training import checkpoints, sharding
+from projectable.training import config as config_lib
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def test_iterator_resumes_from_its_state(digits):
 
 
 def test_iterator_state_saves_and_restores_with_orbax(digits, tmp_path):
-  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=2)
   try:
     it = pipeline.train_iterator(digits, 4, 4, seed=0)
     for _ in range(7):
@@ -131,8 +133,8 @@ def test_iterator_state_saves_and_restores_with_orbax(digits, tmp_path):
     ckpts.close()
 
 
-def test_in_memory_task_data_and_placement_on_the_data_axis():
-  data = data_lib.load_digits(17, 0.1, 0.2, seed=0)  # No raw records: reads train.tokens.
+def test_in_memory_task_data_and_placement_on_the_data_axis(load_digits):
+  data = load_digits()
   batch = next(pipeline.train_iterator(data, 10, 8, seed=0))
   assert batch["tokens"].shape == (10, 8, 64)
   for m, task in enumerate(batch["task_id"]):

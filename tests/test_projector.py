@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projectable import model, projector
-from projectable.model import ModelConfig
+from projectable.core import model, projector
+from projectable.core.model import ModelConfig
 
 SRC = ModelConfig(vocab_size=17, seq_len=64, num_classes=10, d=32, heads=4, mlp_dim=64, depth=2)
 SMALL = ModelConfig(vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32, depth=2)

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projectable import checkpointing, distributed, sharding, train
 from projectable import data as data_lib
-from projectable.trainer import Trainer
+from projectable.experiments.run import train_and_evaluate
+from projectable.training import checkpoints, distributed, loop, sharding
+from projectable.training.modes import make_method
+from projectable.training.restore import restore_params
+from projectable.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,12 +89,12 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
   rng = np.random.default_rng(8)
   tiny_config.train.checkpoint_every = 1
   reference, workdir = str(tmp_path / "run"), str(tmp_path / "run-1")
-  expected = train.train_and_evaluate(tiny_config, reference)
+  expected = train_and_evaluate(tiny_config, reference)
   flags = ["--config.train.checkpoint_every=1"]
-  checkpoints = os.path.join(workdir, "checkpoints")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
 
   def latest() -> int:
-    return max([0] + [int(s) for s in os.listdir(checkpoints) if s.isdigit()])
+    return max([0] + [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()])
 
   def writes() -> list[str]:  # Unfinished (temporary) step directories of both managers.
     return glob.glob(os.path.join(workdir, "*", "*.orbax-checkpoint-tmp*"))
@@ -109,7 +112,7 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
     proc = _launch(workdir, log, *flags)
     # A step comes after the removal of the unfinished writes of the last kill.
     assert _wait_until(proc, log, lambda f=log: _logged(f, r"\[\d\] .*loss="), poll=0.01)
-    unfinished = os.path.join(checkpoints, f"{target}.orbax-checkpoint-tmp*")
+    unfinished = os.path.join(ckpt_dir, f"{target}.orbax-checkpoint-tmp*")
     assert _wait_until(proc, log, lambda p=unfinished: glob.glob(p))
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
@@ -125,25 +128,25 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
 
 def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config, workdir)
+  train_and_evaluate(tiny_config, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   tiny_config.small.d = 8
   tiny_config.mode = "universal"
   with pytest.raises(ValueError, match=r"(?s)mode: workdir has 'projectable'.*small\.d.*--fresh"):
-    train.train_and_evaluate(tiny_config, workdir)
+    train_and_evaluate(tiny_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config, workdir)
+  train_and_evaluate(tiny_config, workdir)
   tiny_config.train.num_steps = 12
   tiny_config.train.learning_rate = 1e7  # Diverges at once.
   with pytest.raises(FloatingPointError, match=r"non-finite \w+=\S+ at step (7|8|9)\b"):
-    train.train_and_evaluate(tiny_config, workdir)
+    train_and_evaluate(tiny_config, workdir)
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps == [3, 6]
-  _, params, _ = train.restore_params(tiny_config, workdir, step=6)
+  _, params, _ = restore_params(tiny_config, workdir, step=6)
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
@@ -152,8 +155,8 @@ def _states(config, workdir: str, steps) -> dict[int, dict]:
   data = data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(config, train.make_method(config, data), mesh)
-    ckpts = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+    trainer = Trainer(make_method(config, data), mesh)
+    ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
     try:
       return {s: jax.device_get(ckpts.restore_state(trainer.abstract_state, s)) for s in steps}
     finally:
@@ -162,7 +165,7 @@ def _states(config, workdir: str, steps) -> dict[int, dict]:
 
 def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config, workdir)  # Checkpoints at steps 3 and 6.
+  train_and_evaluate(tiny_config, workdir)  # Checkpoints at steps 3 and 6.
   intact = _states(tiny_config, workdir, [6])[6]
   step6 = os.path.join(workdir, "checkpoints", "6")
   # The largest array data file Orbax wrote for the state, cut in half.
@@ -172,17 +175,17 @@ def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(tin
   size = os.path.getsize(damaged)
   os.truncate(damaged, size // 2)
   with pytest.raises(
-    checkpointing.DamagedCheckpointError,
+    checkpoints.DamagedCheckpointError,
     match=rf"(?s)checkpoint step 6 at {re.escape(step6)} is damaged.*available steps: \[3\]\..*"
     r"--config\.restore_step=3",
   ):
-    train.train_and_evaluate(tiny_config, workdir)
+    train_and_evaluate(tiny_config, workdir)
   tiny_config.restore_step = 5
   with pytest.raises(ValueError, match=r"restore_step=5: .* available steps: \[3, 6\]"):
-    train.train_and_evaluate(tiny_config, workdir)
+    train_and_evaluate(tiny_config, workdir)
   tiny_config.restore_step = 3
-  train.train_and_evaluate(tiny_config, workdir)
-  aside = os.path.join(workdir, checkpointing.SET_ASIDE, "6")
+  train_and_evaluate(tiny_config, workdir)
+  aside = os.path.join(workdir, checkpoints.SET_ASIDE, "6")
   assert os.path.getsize(os.path.join(aside, os.path.relpath(damaged, step6))) == size // 2
   retrained = _states(tiny_config, workdir, [6])[6]
   jax.tree.map(np.testing.assert_array_equal, intact, retrained)
@@ -193,7 +196,7 @@ def test_changed_bytes_in_a_checkpoint_fail_its_checksum(tmp_path):
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
   )
-  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=2)
   try:
     ckpts.save_state(3, state)
     ckpts.wait()
@@ -210,9 +213,9 @@ def test_changed_bytes_in_a_checkpoint_fail_its_checksum(tmp_path):
     middle = f.read(8)
     f.seek(-8, os.SEEK_CUR)
     f.write(bytes(b ^ 0xFF for b in middle))
-  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=2)
   try:
-    with pytest.raises(checkpointing.DamagedCheckpointError, match=r"step 3 .*checksum.*--fresh"):
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=r"step 3 .*checksum.*--fresh"):
       ckpts.restore_state(abstract)
   finally:
     ckpts.close()
@@ -220,7 +223,7 @@ def test_changed_bytes_in_a_checkpoint_fail_its_checksum(tmp_path):
 
 def _poison(monkeypatch, steps: tuple[int, ...]) -> None:
   """Makes the loss, and so the gradients, NaN at ``steps`` (found by their dropout key)."""
-  make_method = train.make_method
+  make_method = loop.make_method
 
   def make_poisoned(config, data):
     method = make_method(config, data)
@@ -236,7 +239,7 @@ def _poison(monkeypatch, steps: tuple[int, ...]) -> None:
     method.loss = poisoned
     return method
 
-  monkeypatch.setattr(train, "make_method", make_poisoned)
+  monkeypatch.setattr(loop, "make_method", make_poisoned)
 
 
 def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
@@ -248,7 +251,7 @@ def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
     nonfinite="skip", max_skipped_steps=3, checkpoint_every=1, keep_checkpoints=6
   )
   with caplog.at_level(logging.INFO, logger="absl"):
-    train.train_and_evaluate(tiny_config, workdir)
+    train_and_evaluate(tiny_config, workdir)
   logged = dict(re.findall(r"\[(\d)\] .*skipped_steps=(\d)", caplog.text))
   assert logged == {"1": "0", "2": "1", "3": "0", "4": "1", "5": "1", "6": "0"}
   states = _states(tiny_config, workdir, range(1, 7))
@@ -266,7 +269,7 @@ def test_skip_policy_stops_after_max_skipped_steps_in_a_row(tiny_config, tmp_pat
   _poison(monkeypatch, (2, 4, 5))
   tiny_config.train.update(nonfinite="skip", max_skipped_steps=2)
   with pytest.raises(FloatingPointError, match=r"2 consecutive steps up to step 5 .*loss=nan"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_a_job_that_needs_a_gpu_refuses_to_train_on_the_cpu(tmp_path, run_launcher):

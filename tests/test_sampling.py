@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from projectable import data, images, model, sampling
+from projectable import data
+from projectable.core import model, sampling
+from projectable.specialists import images
 
 UNCOND = model.ModelConfig(
   vocab_size=17, seq_len=64, num_classes=0, d=16, heads=2, mlp_dim=32, depth=2
@@ -109,8 +111,8 @@ def test_argument_errors():
     sampling.sample(COND, params, NUM, jax.random.key(0), TASK, temperature=-1.0)
 
 
-def test_tokens_to_images_inverts_quantisation():
-  digits = data.load_digits(17, 0.1, 0.2, 0)
+def test_tokens_to_images_inverts_quantisation(load_digits):
+  digits = load_digits()
   tokens = digits.test.tokens[:10]
   pictures = images.tokens_to_images(tokens, digits.image_shape, digits.levels)
   assert pictures.shape == (10, 8, 8, 1) and pictures.dtype == np.uint8

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from projectable import data as data_lib
-from projectable import model, projector, train, warmstart
-from projectable.modes import make_method
+from projectable.core import model, projector
+from projectable.training import warmstart
+from projectable.training.modes import make_method
+from projectable.training.restore import restore_params
 
 
 @pytest.mark.parametrize("mode", ["specialists", "universal", "projectable"])
@@ -23,7 +25,7 @@ def test_warm_start_is_the_weight_selection_of_the_trained_source(
   data = data_lib.load(tiny_config.data)
   method = make_method(tiny_config, data)
   source = warmstart.load_source(tiny_config, data)
-  _, trained, _ = train.restore_params(_source_config(tiny_config), source_workdir)
+  _, trained, _ = restore_params(_source_config(tiny_config), source_workdir)
   jax.tree.map(np.testing.assert_array_equal, source, trained["source"])
   params = warmstart.warm_params(method, method.init(jax.random.key(0)), source)
   tokens = data.test.tokens[:4]
@@ -58,7 +60,7 @@ def test_a_source_written_before_a_config_field_existed_still_starts_runs(
     json.dump(saved, f)
   tiny_config.mode, tiny_config.init.source_workdir = "specialists", old
   source = warmstart.load_source(tiny_config, data_lib.load(tiny_config.data))
-  _, trained, _ = train.restore_params(_source_config(tiny_config), source_workdir)
+  _, trained, _ = restore_params(_source_config(tiny_config), source_workdir)
   jax.tree.map(np.testing.assert_array_equal, source, trained["source"])
 
 

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from projectable import export, profiling, train, workdir_guard
+from projectable.experiments.run import train_and_evaluate
+from projectable.training import profiling, restore, workdir_guard
+from projectable.training.restore import restore_params
 
 
 def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
   workdir = str(tmp_path)
-  metrics = train.train_and_evaluate(tiny_config, workdir)
+  metrics = train_and_evaluate(tiny_config, workdir)
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     on_disk = json.load(f)
   assert on_disk == json.loads(json.dumps(metrics))
@@ -40,7 +42,7 @@ def _traces(workdir: str) -> list[str]:
 
 def test_profile_steps_traces_train_steps_for_tensorboard(tmp_path, tiny_config):
   tiny_config.train.profile_steps = 2  # Steps 4 and 5 of 6.
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  train_and_evaluate(tiny_config, str(tmp_path))
   (trace,) = _traces(str(tmp_path))
   with open(trace, "rb") as f:
     assert b"jit__train_step" in f.read()
@@ -61,14 +63,14 @@ def test_a_trace_the_run_outlives_is_still_written(tmp_path):
 def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_config):
   tiny_config.train.eval_every = 100  # Evaluate at the end only.
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config, straight)
-  train.train_and_evaluate(tiny_config, resumed)
+  train_and_evaluate(tiny_config, straight)
+  train_and_evaluate(tiny_config, resumed)
   # Simulate a crash after the step-3 checkpoint: drop everything written later.
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
   shutil.rmtree(os.path.join(resumed, "best"))
-  metrics = train.train_and_evaluate(tiny_config, resumed)
-  _, params_straight, _ = train.restore_params(tiny_config, straight, step=6)
-  _, params_resumed, _ = train.restore_params(tiny_config, resumed, step=6)
+  metrics = train_and_evaluate(tiny_config, resumed)
+  _, params_straight, _ = restore_params(tiny_config, straight, step=6)
+  _, params_resumed, _ = restore_params(tiny_config, resumed, step=6)
   jax.tree.map(np.testing.assert_array_equal, params_straight, params_resumed)
   with open(os.path.join(straight, "eval", "metrics.json")) as f:
     assert json.load(f)["bits_per_dim"] == metrics["bits_per_dim"]
@@ -76,12 +78,12 @@ def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_confi
 
 def test_more_steps_continue_a_finished_run(tmp_path, tiny_config):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config, workdir)
-  _, before, _ = train.restore_params(tiny_config, workdir, step=6)
+  train_and_evaluate(tiny_config, workdir)
+  _, before, _ = restore_params(tiny_config, workdir, step=6)
   tiny_config.train.num_steps = 9
-  metrics = train.train_and_evaluate(tiny_config, workdir)
+  metrics = train_and_evaluate(tiny_config, workdir)
   assert metrics["final_step"]["step"] == 9
-  _, after, _ = train.restore_params(tiny_config, workdir, step=9)
+  _, after, _ = restore_params(tiny_config, workdir, step=9)
   assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)))
 
 
@@ -111,7 +113,7 @@ def test_fields_added_after_a_run_was_written_compare_as_their_defaults(tmp_path
     json.dump(saved, f)
   workdir_guard.check_compatible(tiny_config, workdir)
   # The export and evaluation tools read the old config with the same defaults.
-  read = export.read_config(workdir)
+  read = restore.read_config(workdir)
   assert (read.distill.weight, read.train.unroll_layers) == (0.0, True)
   tiny_config.distill.weight = 0.5
   with pytest.raises(ValueError, match=r"distill\.weight: workdir has 0\.0, config has 0\.5"):

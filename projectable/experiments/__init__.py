@@ -1,0 +1,1 @@
+"""Experiments: one run end to end, compared arms, FLOPs frontiers and memory plans."""

@@ -1,0 +1,1 @@
+"""Specialists: the standalone small-model artifact, its emission, export, scoring, pictures."""

@@ -1,0 +1,1 @@
+"""Training: configs, modes, the jitted step, the loop, checkpoints, warm starts and runtime."""

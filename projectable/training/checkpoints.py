@@ -1,0 +1,183 @@
+"""Orbax checkpoints of the train state and of the best-on-validation weights.
+
+``DIR/checkpoints/<step>/``: the full train state (item ``state``: step, params,
+optimizer state), the grain iterator (``data``) and a checksum of the state
+(``fingerprint``), the last ``keep`` steps, each written atomically: a write cut
+short (SIGKILL) leaves a temporary directory that is never read, so the previous
+step stays the latest. A step that fails to restore, or whose state no longer
+matches its checksum, raises ``DamagedCheckpointError`` naming it; ``rewind``
+moves newer steps aside to ``DIR/checkpoints_set_aside/`` (never deleted).
+``DIR/best/<step>/{params,metrics}``: the weights of the step with the lowest
+validation bits/dim and its metrics (JSON), kept once. Restores always target
+abstract arrays carrying the current mesh's shardings, so a checkpoint written
+under one mesh loads under another.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from projectable.training import workdir_guard
+
+SET_ASIDE = "checkpoints_set_aside"
+_UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint step exists but cannot be restored intact."""
+
+
+@jax.jit
+def _leaf_checksums(tree: Any) -> list[jax.Array]:
+  def checksum(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+    bits = jax.lax.bitcast_convert_type(x, _UNSIGNED[x.dtype.itemsize])
+    return bits.astype(jnp.uint32).sum(dtype=jnp.uint32)  # Wraps: exact under any sharding.
+
+  return [checksum(x) for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree: Any) -> list[int]:
+  """Per-leaf sums of the raw bits mod 2**32: changing any one word changes them."""
+  return [int(c) for c in jax.device_get(_leaf_checksums(tree))]
+
+
+class Checkpoints:
+  """The workdir's two checkpoint managers.
+
+  ``clean=True`` (the training process) removes, with a warning, the temporary
+  directories of writes that a killed run left unfinished; readers leave them,
+  as they may belong to a run still writing.
+  """
+
+  def __init__(self, workdir: str, keep: int, clean: bool = False):
+    self.workdir = os.path.abspath(workdir)
+
+    def manager(name: str, max_to_keep: int) -> ocp.CheckpointManager:
+      directory = os.path.join(self.workdir, name)
+      if clean:
+        for tmp in glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*")):
+          logging.warning("Removing %s: a checkpoint write that a killed run left unfinished", tmp)
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=clean
+      )
+      return ocp.CheckpointManager(directory, options=options)
+
+    self.state = manager("checkpoints", keep)
+    self.best = manager("best", 1)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service (multi-process runs) asks every host to save and
+    stop at ``step``; always False in a single process."""
+    return self.state.reached_preemption(step)
+
+  def latest_step(self) -> int | None:
+    return self.state.latest_step()
+
+  def save_state(self, step: int, state: Any, data_iter: Any = None) -> None:
+    """Saves the train state, its fingerprint and, if given, the grain iterator's state."""
+    # So a complete state step implies complete best saves of that step and earlier ones.
+    self.best.wait_until_finished()
+    items = {
+      "state": ocp.args.StandardSave(state),
+      "fingerprint": ocp.args.JsonSave(fingerprint(state)),
+    }
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.state.save(step, args=ocp.args.Composite(**items))
+
+  def restore_state(
+    self, abstract_state: Any, step: int | None = None, data_iter: Any = None
+  ) -> Any:
+    """The train state; also restores ``data_iter`` in place where the step saved one."""
+    step = self.state.latest_step() if step is None else step
+    try:
+      saved_items = self.state.item_metadata(step)
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if "fingerprint" in saved_items:
+        items["fingerprint"] = ocp.args.JsonRestore()
+      if data_iter is not None and "data" in saved_items:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      restored = self.state.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      first_line = str(e).strip().partition("\n")[0]
+      raise self._damaged(step, f"{type(e).__name__}: {first_line}") from e
+    if "fingerprint" in items and fingerprint(restored.state) != restored.fingerprint:
+      raise self._damaged(step, "its arrays differ from the checksum saved with them")
+    return restored.state
+
+  def _damaged(self, step: int, reason: str) -> DamagedCheckpointError:
+    others = sorted(s for s in self.state.all_steps() if s != step)
+    path = os.path.join(self.state.directory, str(step))
+    if others:
+      advice = (
+        f"Other available steps: {others}. Rerun with --config.restore_step={others[-1]} (or "
+        f"another of them) to resume from it; newer steps are moved to "
+        f"{os.path.join(self.workdir, SET_ASIDE)}, nothing is deleted."
+      )
+    else:
+      advice = "No other step is available; rerun with --fresh to start over in a new workdir."
+    return DamagedCheckpointError(
+      f"checkpoint step {step} at {path} is damaged or incomplete ({reason}). {advice}"
+    )
+
+  def rewind(self, step: int) -> None:
+    """Makes ``step`` the latest: newer steps move to ``DIR/checkpoints_set_aside/<step>``."""
+    steps = sorted(self.state.all_steps())
+    if step not in steps:
+      raise ValueError(
+        f"config.restore_step={step}: {self.state.directory} has no checkpoint of that step; "
+        f"available steps: {steps or 'none'}"
+      )
+    if jax.process_index() == 0:
+      for newer in (s for s in steps if s > step):
+        target = workdir_guard.first_free(os.path.join(self.workdir, SET_ASIDE, str(newer)))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(os.path.join(self.state.directory, str(newer)), target)
+        logging.warning(
+          "config.restore_step=%d: moved checkpoint step %d aside to %s (kept, not deleted)",
+          step,
+          newer,
+          target,
+        )
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("projectable.checkpointing.rewind")
+    self.state.reload()
+
+  def save_best(self, step: int, params: Any, metrics: dict) -> None:
+    self.best.save(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)
+      ),
+    )
+
+  def best_metrics(self) -> dict | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
+
+  def restore_best_params(self, abstract_params: Any) -> Any:
+    step = self.best.latest_step()
+    restored = self.best.restore(
+      step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+    )
+    return restored.params
+
+  def wait(self) -> None:
+    self.state.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.state.close()
+    self.best.close()
