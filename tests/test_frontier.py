@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from projectable import data as data_lib
-from projectable.experiments import arms, compare, frontier, frontier_report
+from projectable.experiments import arms, frontier, frontier_report
 
 
 def _no_training(config, workdir):
@@ -46,7 +46,7 @@ def _top_points(config, tmp_path, methods, **kwargs):
 def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_path, monkeypatch):
   """Every method at every budget, with a stand-in for training (real runs: the next test)."""
   fake = _FakeTraining(tiny_config)
-  monkeypatch.setattr(compare.train, "train_and_evaluate", fake)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", fake)
   workdir, budgets = str(tmp_path), (0.25, 0.5, 1.0)
   result = frontier.frontier(
     tiny_config,
@@ -85,7 +85,7 @@ def test_frontier_writes_every_point_and_skips_finished_ones(tiny_config, tmp_pa
   with Image.open(os.path.join(workdir, "frontier.png")) as image:
     assert image.format == "PNG"
 
-  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _no_training)
   again = frontier.frontier(
     tiny_config,
     workdir,
@@ -113,7 +113,7 @@ def test_frontier_trains_weight_selection_ft_from_its_source(tiny_config, tmp_pa
 
 
 def test_budget_below_one_step_raises_before_any_training(tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _no_training)
   with pytest.raises(ValueError, match=r"budget 0\.01 x reference = .* FLOPs per step"):
     frontier.frontier(tiny_config, str(tmp_path), (1.0, 0.01), seeds=[0], top_seeds=[0])
   # The source half of weight_selection_ft's budget is checked on its own.
@@ -242,7 +242,7 @@ def test_amortised_frontier_builds_every_method_on_the_given_source(
   tiny_config, source_workdir, tmp_path, monkeypatch
 ):
   fake = _FakeTraining(tiny_config)
-  monkeypatch.setattr(compare.train, "train_and_evaluate", fake)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", fake)
   budgets = (0.5, 1.0)
   result = frontier.frontier(
     tiny_config,
@@ -276,7 +276,7 @@ def test_amortised_frontier_builds_every_method_on_the_given_source(
 def test_amortised_frontier_checks_its_source_before_any_training(
   tiny_config, source_workdir, tmp_path, monkeypatch
 ):
-  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _no_training)
   workdir = str(tmp_path / "frontier")
   with pytest.raises(FileNotFoundError, match="holds no finished run"):
     frontier.frontier(
@@ -297,10 +297,10 @@ def test_amortised_frontier_checks_its_source_before_any_training(
 
 
 def test_report_only_trains_nothing_and_lists_unfinished_points(tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(compare.train, "train_and_evaluate", _FakeTraining(tiny_config))
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _FakeTraining(tiny_config))
   methods = ("universal", "weight_selection_ft")
   frontier.frontier(tiny_config, str(tmp_path), (0.5,), [0], [0], methods)
-  monkeypatch.setattr(compare.train, "train_and_evaluate", _no_training)
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _no_training)
   result = frontier.frontier(tiny_config, str(tmp_path), (0.5, 1.0), [0], [0], methods, train=False)
   assert {(p["method"], p["budget"]) for p in result["points"]} == {(m, 0.5) for m in methods}
   # weight_selection_ft at 1 would build on the source at 1/2 (finished): still missing.

@@ -38,7 +38,7 @@ from projectable.training import checkpoints
 from projectable.data import pipeline
 from projectable.training import sharding
 from projectable.training import loop
-from projectable.training import workdir_guard
+from projectable.training import preemption
 from projectable import data as data_lib
 from projectable.training.modes import make_method
 from projectable.training.trainer import Trainer

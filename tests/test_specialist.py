@@ -108,7 +108,7 @@ def test_loads_and_scores_without_training_modules(saved, digits_test_tokens, tm
   np.save(tokens_path, digits_test_tokens)
   script = (
     "import json, sys, numpy as np\n"
-    "from projectable.specialist import load_specialist\n"
+    "from projectable import load_specialist\n"
     f"spec, meta = load_specialist({directory!r})\n"
     f"bpd = spec.bits_per_dim(np.load({tokens_path!r}))\n"
     "print(json.dumps({'bpd': np.asarray(bpd).tolist(), 'task': meta['task'],\n"

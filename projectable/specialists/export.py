@@ -119,7 +119,7 @@ def export(
       f"mode {config.mode!r} has no specialists to export (only 'projectable' "
       "and 'specialists' do); sample it with launch/sample.py --workdir"
     )
-  if ":" in tasks and config.mode != "projectable":
+  if ":" in tasks and not modes.MODES[config.mode].emits_any_class_set:
     raise ValueError(
       f"--tasks={tasks!r} names a class set, which only a projectable run can emit; "
       f"mode {config.mode!r} has one model per training task"

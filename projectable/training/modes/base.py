@@ -35,6 +35,8 @@ class Method:
 
   name: str
   has_specialists = False  # Whether the mode emits one standalone small model per task.
+  # Whether it emits a specialist for any class set, not only for its training tasks.
+  emits_any_class_set = False
   small: ModelConfig | None = None
 
   def __init__(self, step: StepConfig, data: TaskData, src: ModelConfig):

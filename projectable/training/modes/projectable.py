@@ -30,6 +30,7 @@ from projectable.training.typed_config import StepConfig
 class ProjectableMethod(Method):
   name = "projectable"
   has_specialists = True
+  emits_any_class_set = True  # A class set's descriptor projects like a task's.
 
   def __init__(
     self,
