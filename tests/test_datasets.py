@@ -78,7 +78,7 @@ def test_fashion_mnist_missing_files_name_the_package(tmp_path):
 
 def test_quantise_and_downsample_are_exact_on_hand_made_images():
   image = np.array([[0, 2, 8, 8], [2, 4, 8, 8], [16, 16, 1, 3], [16, 16, 3, 1]], np.uint8)
-  pooled = data_lib.downsample(image[None, :, :, None], 2)
+  pooled = tokens_lib.downsample(image[None, :, :, None], 2)
   np.testing.assert_array_equal(pooled[0, :, :, 0], [[2, 8], [16, 2]])
   tokens = data_lib.preprocess(image[None, :, :, None], 16.0, 17, 2)
   np.testing.assert_array_equal(tokens, [[2, 8, 16, 2]])
@@ -89,7 +89,7 @@ def test_quantise_and_downsample_are_exact_on_hand_made_images():
   rgb = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
   np.testing.assert_array_equal(data_lib.preprocess(rgb, 255.0, 256, 1), [np.arange(12)])
   with pytest.raises(ValueError, match="downsample=3"):
-    data_lib.downsample(image[None, :, :, None], 3)
+    tokens_lib.downsample(image[None, :, :, None], 3)
 
 
 def _npz(path, **arrays) -> str:

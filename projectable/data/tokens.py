@@ -28,10 +28,18 @@ def quantise(images: np.ndarray, max_value: float, levels: int) -> np.ndarray:
   return np.clip(np.rint(scaled), 0, levels - 1).astype(np.int32)
 
 
+def check_downsample(factor: int, height: int, width: int, what: str) -> None:
+  """Raises unless ``config.data.downsample`` divides the image size of ``what``."""
+  if height % factor or width % factor:
+    raise ValueError(
+      f"config.data.downsample={factor} does not divide the image size {height}x{width} of {what}"
+    )
+
+
 def downsample(images: np.ndarray, factor: int) -> np.ndarray:
-  """Mean-pools (N, H, W, C) images over ``factor`` x ``factor`` blocks (float64); ``factor``
-  divides H and W (``tokenise`` checks it against the dataset before reading it)."""
+  """Mean-pools (N, H, W, C) images over ``factor`` x ``factor`` blocks (float64)."""
   n, h, w, c = images.shape
+  check_downsample(factor, h, w, "the images")
   blocks = np.asarray(images, np.float64).reshape(n, h // factor, factor, w // factor, factor, c)
   return blocks.mean(axis=(2, 4))
 
@@ -78,10 +86,7 @@ def tokenise(source: Source, cfg) -> TaskData:
   """A ``Source`` as TaskData under ``config.data`` (levels, downsample, splits, tasks)."""
   factor = cfg.downsample
   h, w, c = source.image_shape
-  if h % factor or w % factor:
-    raise ValueError(
-      f"config.data.downsample={factor} does not divide {source.name}'s image size {h}x{w}"
-    )
+  check_downsample(factor, h, w, source.name)  # Before reading the records.
   tokens, labels = _read_all(source.train, cfg.levels, source.max_value, factor, source.image_shape)
   if source.test is None:
     train, val, test = split_per_class(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
