@@ -16,12 +16,6 @@ from projectable.training.modes.base import Method, Sampler, small_axes
 from projectable.training.modes.projectable import ProjectableMethod
 from projectable.training.modes.small import SmallMethod, SpecialistsMethod, UniversalMethod
 from projectable.training.modes.source import SourceMethod
-from projectable.training.typed_config import (
-  StepConfig,
-  projector_config,
-  small_config,
-  source_config,
-)
 
 MODES: dict[str, type[Method]] = {
   m.name: m for m in (ProjectableMethod, UniversalMethod, SpecialistsMethod, SourceMethod)
@@ -30,14 +24,7 @@ MODES: dict[str, type[Method]] = {
 
 def make_method(config: ml_collections.ConfigDict, data: TaskData) -> Method:
   """The mode ``config.mode`` on ``data``: the config read once into typed settings."""
-  step, src = StepConfig.from_config(config), source_config(config, data)
-  if config.mode == "source":
-    return SourceMethod(step, data, src)
-  if config.mode == "projectable":
-    small = small_config(config, data, conditional=False)
-    return ProjectableMethod(step, data, src, small, projector_config(config))
-  small = small_config(config, data, conditional=config.mode == "universal")
-  return MODES[config.mode](step, data, src, small)
+  return MODES[config.mode].from_config(config, data)
 
 
 __all__ = [

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import ml_collections
 
 from projectable.core import costs, model
 from projectable.core.model import ModelConfig
 from projectable.data.records import TaskData
-from projectable.training.typed_config import StepConfig
+from projectable.training.typed_config import StepConfig, source_config
 
 
 def small_axes(cfg: ModelConfig) -> dict:
@@ -44,6 +45,16 @@ class Method:
     self.data = data
     self.src = src
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: TaskData) -> Method:
+    """The mode on ``data``, ``config`` read once into typed settings."""
+    return cls(StepConfig.from_config(config), data, source_config(config, data))
+
+  @property
+  def trained(self) -> ModelConfig:
+    """The model whose training the step pays for (the small one where there is one)."""
+    return self.src if self.small is None else self.small
+
   def init(self, key: jax.Array) -> dict:
     raise NotImplementedError
 
@@ -77,12 +88,14 @@ class Method:
     raise NotImplementedError
 
   def step_flops(self) -> float:
-    """Training FLOPs of one step (``core.costs``)."""
-    raise NotImplementedError
+    """Training FLOPs of one step (``core.costs``): the trained model on the batch, and a
+    distilling small model's teacher."""
+    trained = self.sequences * costs.train_flops_per_sequence(self.trained)
+    return trained + self._distill_flops(teacher_forward=True)
 
   def activation_bytes(self, data_shards: int) -> float:
     """Bytes of activations one device keeps for a step's backward pass."""
-    raise NotImplementedError
+    return self.sequences / data_shards * costs.activation_bytes_per_sequence(self.trained)
 
   @property
   def sequences(self) -> int:

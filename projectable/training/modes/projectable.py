@@ -11,6 +11,7 @@ images, else from a separate forward pass.
 from __future__ import annotations
 
 import jax
+import ml_collections
 
 from projectable.core import costs, model, projector
 from projectable.core.losses import (
@@ -24,7 +25,12 @@ from projectable.core.projector import ProjectorConfig
 from projectable.data.records import TaskData
 from projectable.training import sharding
 from projectable.training.modes.base import Method, small_axes
-from projectable.training.typed_config import StepConfig
+from projectable.training.typed_config import (
+  StepConfig,
+  projector_config,
+  small_config,
+  source_config,
+)
 
 
 class ProjectableMethod(Method):
@@ -43,6 +49,12 @@ class ProjectableMethod(Method):
     super().__init__(step, data, src)
     self.small = small
     self.proj = proj
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: TaskData) -> ProjectableMethod:
+    step, src = StepConfig.from_config(config), source_config(config, data)
+    small = small_config(config, data, conditional=False)
+    return cls(step, data, src, small, projector_config(config))
 
   def init(self, key):
     k_src, k_proj = jax.random.split(key)

@@ -10,8 +10,9 @@ params so that checkpoints are self-contained).
 from __future__ import annotations
 
 import jax
+import ml_collections
 
-from projectable.core import costs, model
+from projectable.core import model
 from projectable.core.losses import (
   conditional_logits,
   conditional_nll,
@@ -22,7 +23,7 @@ from projectable.core.losses import (
 from projectable.core.model import ModelConfig
 from projectable.data.records import TaskData
 from projectable.training.modes.base import Method, Sampler, small_axes
-from projectable.training.typed_config import StepConfig
+from projectable.training.typed_config import StepConfig, small_config, source_config
 
 
 class SmallMethod(Method):
@@ -34,10 +35,16 @@ class SmallMethod(Method):
   """
 
   small: ModelConfig
+  conditional: bool  # Whether the small model takes the task descriptor.
 
   def __init__(self, step: StepConfig, data: TaskData, src: ModelConfig, small: ModelConfig):
     super().__init__(step, data, src)
     self.small = small
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: TaskData) -> SmallMethod:
+    step, src = StepConfig.from_config(config), source_config(config, data)
+    return cls(step, data, src, small_config(config, data, cls.conditional))
 
   def init_small(self, key: jax.Array) -> dict:
     raise NotImplementedError
@@ -77,16 +84,10 @@ class SmallMethod(Method):
     loss, kl = distill_loss(self.step.distill_weight, nll, teacher_logits, logits)
     return loss, {"nll": nll, "distill_kl": kl}
 
-  def step_flops(self):
-    small = self.sequences * costs.train_flops_per_sequence(self.small)
-    return small + self._distill_flops(teacher_forward=True)
-
-  def activation_bytes(self, data_shards):
-    return self.sequences / data_shards * costs.activation_bytes_per_sequence(self.small)
-
 
 class UniversalMethod(SmallMethod):
   name = "universal"
+  conditional = True
 
   def init_small(self, key):
     return model.init_params(self.small, key)
@@ -111,6 +112,7 @@ class UniversalMethod(SmallMethod):
 class SpecialistsMethod(SmallMethod):
   name = "specialists"
   has_specialists = True
+  conditional = False
 
   def init_small(self, key):
     keys = jax.random.split(key, self.data.num_tasks)

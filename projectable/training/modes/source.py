@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projectable.core import costs, model
+from projectable.core import model
 from projectable.core.losses import conditional_nll
 from projectable.training.modes.base import Method, Sampler
 
@@ -29,9 +29,3 @@ class SourceMethod(Method):
 
   def num_params(self, params):
     return {"source": model.num_params(params["source"]), "small": None}
-
-  def step_flops(self):
-    return self.sequences * costs.train_flops_per_sequence(self.src)
-
-  def activation_bytes(self, data_shards):
-    return self.sequences / data_shards * costs.activation_bytes_per_sequence(self.src)
