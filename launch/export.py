@@ -16,6 +16,7 @@ or comma-separated names or indices) and, from a projectable run, class sets
 from absl import app, flags
 
 from projectable.specialists import export
+from projectable.training import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) training run.")
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
     summary = export.export(
       FLAGS.workdir, FLAGS.out, FLAGS.tasks, FLAGS.step, FLAGS.overwrite, FLAGS.format
     )
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, workdir_lock.WorkdirBusyError) as e:
     raise app.UsageError(str(e)) from e
   print(f"{summary['weights']} weights of step {summary['step']} -> {FLAGS.out}")
   for name, path in zip(summary["tasks"], summary["paths"], strict=True):

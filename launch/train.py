@@ -9,7 +9,8 @@ SIGTERM (exit code 143) or SIGKILL. ``--config.restore_step=S`` resumes from ste
 instead (newer steps are moved to DIR/checkpoints_set_aside/, never deleted).
 ``--fresh`` never resumes: if --workdir holds a run, training goes to the first free
 ``<workdir>-1``, ``<workdir>-2``, ... (logged) and nothing is deleted; to resume that
-run later, pass its directory as --workdir without --fresh.
+run later, pass its directory as --workdir without --fresh. One run writes to a workdir
+at a time: a second is refused at once (exit status 2) naming the first's host and pid.
 """
 
 import sys
@@ -24,6 +25,7 @@ from projectable.training import (
   log_filters,
   preemption,
   workdir_guard,
+  workdir_lock,
 )
 
 FLAGS = flags.FLAGS
@@ -43,6 +45,7 @@ flags.DEFINE_enum(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect of a terminated job.
+USER_ERROR_EXIT_CODE = 2  # A command that cannot run as given (here: the workdir is busy).
 
 
 def main(argv: list[str]) -> None:
@@ -56,6 +59,9 @@ def main(argv: list[str]) -> None:
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:
     train_and_evaluate(FLAGS.config, workdir)
+  except workdir_lock.WorkdirBusyError as e:  # Another run writes there: nothing was touched.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     if FLAGS.fresh:

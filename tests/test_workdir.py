@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from projectable.experiments.run import train_and_evaluate
-from projectable.training import profiling, restore, workdir_guard
+from projectable.training import profiling, restore, workdir_guard, workdir_lock
 from projectable.training.restore import restore_params
 
 
@@ -90,15 +90,15 @@ def test_more_steps_continue_a_finished_run(tmp_path, tiny_config):
 def test_fresh_trains_in_the_first_workdir_holding_no_run(tmp_path):
   # launch/train.py --fresh itself is exercised by test_safety's SIGKILL test.
   base = tmp_path / "run"
-  assert workdir_guard.fresh_workdir(str(base)) == str(base)
-  base.mkdir()
+  assert workdir_guard.fresh_workdir(str(base)) == str(base)  # Claimed: created and locked.
+  assert base.is_dir()
   (base / "notes.txt").write_text("not a run")
   assert workdir_guard.fresh_workdir(str(base)) == str(base)
   (base / "config.json").write_text("{}")
   (tmp_path / "run-1" / "checkpoints").mkdir(parents=True)
   (tmp_path / "run-2").mkdir()
   assert workdir_guard.fresh_workdir(f"{base}/") == str(tmp_path / "run-2")
-  assert sorted(os.listdir(base)) == ["config.json", "notes.txt"]
+  assert sorted(os.listdir(base)) == [workdir_lock.LOCK_FILE, "config.json", "notes.txt"]
   assert os.listdir(tmp_path / "run-1") == ["checkpoints"]
 
 

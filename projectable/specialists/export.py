@@ -28,7 +28,7 @@ from projectable import data as data_lib
 from projectable.data import TaskData
 from projectable.specialists import emission, tflite
 from projectable.specialists.artifact import load_specialist
-from projectable.training import modes, restore
+from projectable.training import modes, restore, workdir_lock
 
 FORMATS = ("orbax", "tflite")
 
@@ -124,17 +124,20 @@ def export(
       f"--tasks={tasks!r} names a class set, which only a projectable run can emit; "
       f"mode {config.mode!r} has one model per training task"
     )
-  run = restore.load_run(workdir, step)
-  data, task_ids = select_tasks(tasks, run.data)
-  names = [data.task_names[t] for t in task_ids]
-  _check_free([os.path.join(out, name) for name in names], overwrite)
-  emitted = emission.emit_specialists(data, run.method, run.params, task_ids)
-  paths = emission.save_specialists(
-    emitted, data, run.method, run.step, out, overwrite, run.weights
-  )
-  if fmt == "tflite":
-    for i, path in enumerate(paths):
-      tflite.convert(emitted.cfg, emitted.weights_of(i), path)
+  inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(workdir)])
+  # Writing into the workdir makes export one of its writers (as training's own export/).
+  with workdir_lock.WorkdirLock(workdir, "export", enabled=inside == os.path.abspath(workdir)):
+    run = restore.load_run(workdir, step)
+    data, task_ids = select_tasks(tasks, run.data)
+    names = [data.task_names[t] for t in task_ids]
+    _check_free([os.path.join(out, name) for name in names], overwrite)
+    emitted = emission.emit_specialists(data, run.method, run.params, task_ids)
+    paths = emission.save_specialists(
+      emitted, data, run.method, run.step, out, overwrite, run.weights
+    )
+    if fmt == "tflite":
+      for i, path in enumerate(paths):
+        tflite.convert(emitted.cfg, emitted.weights_of(i), path)
   return {
     "step": run.step,
     "weights": run.weights,

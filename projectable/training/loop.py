@@ -33,6 +33,7 @@ from projectable.training import (
   validation,
   warmstart,
   workdir_guard,
+  workdir_lock,
 )
 from projectable.training.modes import Method, make_method
 from projectable.training.trainer import Trainer
@@ -150,6 +151,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainedRun:
   validation.check_backend(config)
   data = data_lib.load(config.data)
   pipeline.check_batch_tasks(config.train.batch_tasks, data)
+  with workdir_lock.WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
+    metrics, method, params = _train_in(config, data, workdir)
+  return TrainedRun(config, data, method, params, metrics)
+
+
+def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
+  """Trains in ``workdir``, which this run holds: (metrics, the mode, best weights)."""
   workdir_guard.check_compatible(config, workdir)
   saved = workdir_guard.saved_config(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -171,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainedRun:
       metrics, params = _summarise(config, data, trainer, ckpts, state, workdir)
     finally:
       ckpts.close()
-  return TrainedRun(config, data, method, params, metrics)
+  return metrics, method, params
 
 
 def _start(config, data, trainer: Trainer, ckpts: checkpoints.Checkpoints, workdir: str):

@@ -3,7 +3,7 @@
 Fields that change what a checkpoint means (mode, data, architectures,
 projector, seed, mesh-independent optimizer shape) must equal those of the
 run that wrote the workdir; run-length, logging and recovery fields may change.
-``fresh_workdir`` picks where ``--fresh`` trains without touching existing runs.
+``fresh_workdir`` picks and claims where ``--fresh`` trains without touching existing runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from projectable.training import workdir_lock
 from projectable.training.config import with_defaults
 
 # Top-level sections or fields that may differ between a run and its resumption.
@@ -84,9 +85,24 @@ def first_free(path: str, taken: Callable[[str], bool] = os.path.exists) -> str:
   return candidate
 
 
+def _claimed_elsewhere_or_run(path: str) -> bool:
+  """Whether ``path`` holds a run or another writer; claims its lock for this process if not."""
+  if holds_run(path) or not workdir_lock.try_claim(path, "training (--fresh)"):
+    return True
+  if holds_run(path):  # A run finished there between the check and the claim.
+    workdir_lock.release(path)
+    return True
+  return False
+
+
 def fresh_workdir(workdir: str) -> str:
-  """Where ``--fresh`` trains: ``workdir``, or the first ``<workdir>-N`` holding no run."""
-  chosen = first_free(workdir, holds_run)
+  """Where ``--fresh`` trains: ``workdir``, or the first ``<workdir>-N`` holding no run,
+  claimed atomically (its lock, kept by this process): two ``--fresh`` started at the same
+  moment get different directories."""
+  if jax.process_index() == 0:
+    chosen = first_free(workdir, _claimed_elsewhere_or_run)
+  else:  # Overwritten by process 0's choice below.
+    chosen = first_free(workdir, holds_run)
   if jax.process_count() > 1:  # A process may already see another's run there: use process 0's.
     padded = np.frombuffer(chosen.encode().ljust(4096, b"\0"), np.uint8)
     chosen = bytes(multihost_utils.broadcast_one_to_all(padded)).rstrip(b"\0").decode()
