@@ -14,7 +14,7 @@ from configs import digits
 from projectable import data
 from projectable.core import model, projector
 from projectable.experiments.run import train_and_evaluate
-from projectable.specialists import export, images, tflite
+from projectable.specialists import emission, export, images, tflite
 from projectable.specialists.artifact import load_specialist
 from projectable.training import restore
 
@@ -278,3 +278,13 @@ def test_evaluate_errors_name_the_bad_value(workdir, exported, run_launcher):
     export.evaluate_specialist(path, config, "3")
   with pytest.raises(app.UsageError, match="exactly one of --workdir or --config"):
     run_launcher("evaluate", [f"--specialist={path}"])
+
+
+def test_non_finite_specialists_are_refused_naming_their_tasks():
+  nan_in_b = {"w": np.array([[1.0, 2.0], [np.nan, 0.0]], np.float32)}
+  with pytest.raises(FloatingPointError, match=r"tasks \['b'\] have non-finite"):
+    emission._check_finite(nan_in_b, {"a": 1.0, "b": 2.0}, ["a", "b"])
+  finite = {"w": np.ones((2, 2), np.float32)}
+  with pytest.raises(FloatingPointError, match=r"tasks \['a'\]"):
+    emission._check_finite(finite, {"a": float("nan"), "b": 2.0}, ["a", "b"])
+  emission._check_finite(finite, {"a": 1.0, "b": 2.0}, ["a", "b"])  # Nothing to refuse.

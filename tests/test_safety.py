@@ -279,3 +279,54 @@ def test_a_job_that_needs_a_gpu_refuses_to_train_on_the_cpu(tmp_path, run_launch
     run_launcher("train", argv)
   assert not os.path.exists(workdir)
   distributed.require_platform("cpu")  # What this machine runs: no error.
+
+
+def test_a_rewind_with_a_new_learning_rate_reports_the_new_trajectory(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  old = train_and_evaluate(tiny_config, workdir)  # Evaluations at steps 3 and 6.
+  tiny_config.restore_step, tiny_config.train.learning_rate = 3, 0.01
+  new = train_and_evaluate(tiny_config, workdir)  # Steps 4-6 again, at another rate.
+  # The old run's best step after the target is kept aside, not taken for this run's.
+  assert os.path.isdir(os.path.join(workdir, checkpoints.BEST_SET_ASIDE, str(old["step"])))
+  assert new["step"] == new["final_step"]["step"] == 6
+  assert new["bits_per_dim"]["mean"] == new["final_step"]["bits_per_dim"]["mean"]
+  assert new["bits_per_dim"]["mean"] != old["bits_per_dim"]["mean"]
+  _, params, _ = restore_params(tiny_config, workdir, step=6)
+  _, best, _ = restore_params(tiny_config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, params, best)  # The best is the new step 6.
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    assert json.load(f)["bits_per_dim"] == new["bits_per_dim"]
+  for task, bpd in new["bits_per_dim"]["per_task"].items():  # Exports are the new run's.
+    with open(os.path.join(workdir, "export", task, "config.json")) as f:
+      assert json.load(f)["test_bits_per_dim"] == pytest.approx(bpd, abs=1e-4)
+
+
+def test_flipped_bytes_in_the_best_weights_are_named_and_the_advice_works(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny_config, workdir)  # State steps 3 and 6; the best at step 6.
+  best = os.path.join(workdir, "best", "6")
+  data_file = max(glob.glob(f"{best}/params/**/d/*", recursive=True), key=os.path.getsize)
+  with open(data_file, "r+b") as f:  # No read error: only the digests can tell.
+    f.seek(os.path.getsize(data_file) // 2)
+    middle = f.read(8)
+    f.seek(-8, os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in middle))
+  with pytest.raises(
+    checkpoints.DamagedCheckpointError,
+    match=rf"best weights at {re.escape(best)} are damaged .*SHA-256.*--config\.restore_step=3",
+  ):
+    restore_params(tiny_config, workdir)
+  tiny_config.restore_step = 3
+  metrics = train_and_evaluate(tiny_config, workdir)  # The advice, followed.
+  assert metrics["step"] == 6 and np.isfinite(metrics["bits_per_dim"]["mean"])
+  assert os.path.isdir(os.path.join(workdir, checkpoints.BEST_SET_ASIDE, "6"))
+  restore_params(tiny_config, workdir)  # Intact again.
+
+
+def test_a_workdir_without_best_weights_says_why(tmp_path):
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=1)
+  try:
+    with pytest.raises(FileNotFoundError, match="no best weights: no evaluation has finished"):
+      ckpts.restore_best_params({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+  finally:
+    ckpts.close()

@@ -1,6 +1,7 @@
 """Exported specialists: save/load round trip, standalone loading, clear errors."""
 
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -241,3 +242,26 @@ def test_scoring_checks_tokens(saved):
     spec.bits_per_dim(np.zeros((2, 63), np.int32))
   with pytest.raises(ValueError, match=r"\[0, 17\)"):
     spec.bits_per_dim(np.full((2, 64), 17, np.int32))
+
+
+def _flip_middle_bytes(directory: str) -> None:
+  """Flips 8 bytes in the middle of the largest array file: Orbax reads it without error."""
+  data_file = max(glob.glob(f"{directory}/**/d/*", recursive=True), key=os.path.getsize)
+  with open(data_file, "r+b") as f:
+    f.seek(os.path.getsize(data_file) // 2)
+    middle = f.read(8)
+    f.seek(-8, os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in middle))
+
+
+def test_flipped_bytes_in_the_weights_are_named_on_load(copy_of_saved):
+  _flip_middle_bytes(os.path.join(copy_of_saved, "params"))
+  with pytest.raises(ValueError, match=r"weights in .*params are damaged: .* SHA-256"):
+    load_specialist(copy_of_saved)
+
+
+@pytest.mark.parametrize("change", [{"heads": 4}, {"compute_dtype": "bfloat16"}, {"dropout": 0.3}])
+def test_model_fields_edited_after_export_are_refused(copy_of_saved, change):
+  _edit_config(copy_of_saved, **change)  # Same weight shapes: only the binding can tell.
+  with pytest.raises(ValueError, match=r"config.json: its 'model' section .* changed after export"):
+    load_specialist(copy_of_saved)

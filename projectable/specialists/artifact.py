@@ -4,7 +4,8 @@ An exported specialist is a directory holding
 
 * ``config.json``: ``{"format_version": 1, "model": <ModelConfig fields>, ...}``
   plus free metadata (image shape, levels, task, classes, dataset, source step,
-  test bits/dim); JSON only, nothing pickled;
+  test bits/dim), and ``integrity``: a SHA-256 per weight array and one binding
+  the ``model`` section to them, verified on load; JSON only, nothing pickled;
 * ``params/``: an Orbax checkpoint of the plain-dict weights (the tree of
   ``model.init_params``).
 
@@ -25,14 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from projectable.core import model, sampling
+from projectable.core import digests, model, sampling
 from projectable.core.model import ModelConfig
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
-_RESERVED = ("format_version", "model")
+_RESERVED = ("format_version", "model", "integrity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +106,11 @@ def save_specialist(
   problems = _mismatches(_abstract_params(cfg), params)
   if problems:
     raise ValueError("params do not match the model config: " + "; ".join(problems))
+  fields = dataclasses.asdict(cfg)
+  weights = digests.tree_digests(jax.device_get(params))
+  integrity = {"params_sha256": weights, "binding": digests.binding(fields, weights)}
   text = json.dumps(
-    {"format_version": FORMAT_VERSION, "model": dataclasses.asdict(cfg), **meta}, indent=2
+    {"format_version": FORMAT_VERSION, "model": fields, **meta, "integrity": integrity}, indent=2
   )
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not os.path.isdir(directory):
@@ -165,9 +170,34 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
         f"the weights in {params_path} do not match the model in {config_path}: "
         + "; ".join(problems)
       )
-    params = jax.device_put(checkpointer.restore(params_path, expected))
+    params = checkpointer.restore(params_path, expected)
+  _verify(config, jax.device_get(params), config_path, params_path)
+  params = jax.device_put(params)
   meta = {k: v for k, v in config.items() if k not in _RESERVED}
   return Specialist(cfg, params), meta
+
+
+def _verify(config: dict, params: dict, config_path: str, params_path: str) -> None:
+  """Checks the weights against their SHA-256s and the model section against both, as
+  recorded at export (specialists exported before ``integrity`` existed load unchecked)."""
+  integrity = config.get("integrity")
+  if integrity is None:
+    logging.warning("%s records no integrity digests (an older export): not verified", config_path)
+    return
+  recorded = integrity.get("params_sha256") if isinstance(integrity, dict) else None
+  if not isinstance(recorded, dict) or not isinstance(integrity.get("binding"), str):
+    raise ValueError(f"{config_path}: 'integrity' must hold 'params_sha256' and 'binding'")
+  if digests.binding(config["model"], recorded) != integrity["binding"]:
+    raise ValueError(
+      f"{config_path}: its 'model' section or digests were changed after export, so it no "
+      "longer describes these weights; re-export the specialist (launch/export.py)"
+    )
+  bad = digests.mismatched(recorded, params)
+  if bad:
+    raise ValueError(
+      f"the weights in {params_path} are damaged: {', '.join(bad[:3])} differ from the SHA-256 "
+      f"recorded in {config_path}; re-export the specialist (launch/export.py)"
+    )
 
 
 def _model_config(fields: object, config_path: str) -> ModelConfig:

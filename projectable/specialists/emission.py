@@ -71,7 +71,23 @@ def emit_specialists(
   seconds = time.perf_counter() - start
   weights = jax.device_get(weights)
   bpd = task_test_bits_per_dim(data, cfg, weights, task_ids, method.step.eval_chunk)
+  _check_finite(weights, bpd, [data.task_names[t] for t in task_ids])
   return Emitted(cfg, task_ids, weights, seconds, compile_seconds, bpd)
+
+
+def _check_finite(weights_T: dict, bits_per_dim: dict[str, float], names: list[str]) -> None:
+  """Refuses specialists with non-finite weights or test bits/dim: nothing is written."""
+  finite_T = np.all(
+    [np.isfinite(w).reshape(len(names), -1).all(1) for w in jax.tree.leaves(weights_T)], 0
+  )
+  bad = [
+    n for n, ok in zip(names, finite_T, strict=True) if not ok or not np.isfinite(bits_per_dim[n])
+  ]
+  if bad:
+    raise FloatingPointError(
+      f"the specialists of tasks {bad} have non-finite weights or test bits/dim; nothing was "
+      "written. The run's weights are damaged or diverged: check its best/ checkpoint."
+    )
 
 
 def task_test_bits_per_dim(

@@ -26,14 +26,27 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from projectable.core import digests
 from projectable.training import workdir_guard
 
 SET_ASIDE = "checkpoints_set_aside"
+BEST_SET_ASIDE = "best_set_aside"
 _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
 class DamagedCheckpointError(RuntimeError):
   """A checkpoint step exists but cannot be restored intact."""
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().partition("\n")[0]
+
+
+def _on_host(tree: Any) -> Any:
+  """``tree``'s arrays as host numpy, gathered from every process where sharded across them."""
+  if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 @jax.jit
@@ -109,8 +122,7 @@ class Checkpoints:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       restored = self.state.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
-      first_line = str(e).strip().partition("\n")[0]
-      raise self._damaged(step, f"{type(e).__name__}: {first_line}") from e
+      raise self._damaged(step, f"{type(e).__name__}: {_first_line(e)}") from e
     if "fingerprint" in items and fingerprint(restored.state) != restored.fingerprint:
       raise self._damaged(step, "its arrays differ from the checksum saved with them")
     return restored.state
@@ -131,48 +143,101 @@ class Checkpoints:
     )
 
   def rewind(self, step: int) -> None:
-    """Makes ``step`` the latest: newer steps move to ``DIR/checkpoints_set_aside/<step>``."""
+    """Makes ``step`` the latest: newer steps move to ``DIR/checkpoints_set_aside/<step>``
+    (the run's ``best/`` steps after it follow when it starts: ``set_aside_best_after``)."""
     steps = sorted(self.state.all_steps())
     if step not in steps:
       raise ValueError(
         f"config.restore_step={step}: {self.state.directory} has no checkpoint of that step; "
         f"available steps: {steps or 'none'}"
       )
+    newer = [s for s in steps if s > step]
+    self._move_aside(self.state, newer, SET_ASIDE, f"config.restore_step={step}")
+
+  def set_aside_best_after(self, step: int) -> None:
+    """Moves ``best/`` steps newer than ``step``, the state a run starts from, to
+    ``DIR/best_set_aside/``: they come from a trajectory this run does not follow (a rewind,
+    or a kill between a best save and its state save), and must not stand for its results."""
+    newer = [s for s in self.best.all_steps() if s > step]
+    if newer:
+      self._move_aside(self.best, newer, BEST_SET_ASIDE, f"resuming from step {step}")
+
+  def _move_aside(
+    self, manager: ocp.CheckpointManager, steps: list[int], into: str, why: str
+  ) -> None:
+    """Moves ``manager``'s ``steps`` to ``DIR/<into>/<step>`` (``-N`` if taken); never deletes."""
     if jax.process_index() == 0:
-      for newer in (s for s in steps if s > step):
-        target = workdir_guard.first_free(os.path.join(self.workdir, SET_ASIDE, str(newer)))
+      for step in steps:
+        target = workdir_guard.first_free(os.path.join(self.workdir, into, str(step)))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(os.path.join(self.state.directory, str(newer)), target)
+        os.rename(os.path.join(manager.directory, str(step)), target)
         logging.warning(
-          "config.restore_step=%d: moved checkpoint step %d aside to %s (kept, not deleted)",
-          step,
-          newer,
-          target,
+          "%s: moved %s step %d aside to %s (kept)", why, manager.directory, step, target
         )
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("projectable.checkpointing.rewind")
-    self.state.reload()
+      multihost_utils.sync_global_devices(f"projectable.checkpoints.move_aside.{into}")
+    manager.reload()
 
   def save_best(self, step: int, params: Any, metrics: dict) -> None:
-    self.best.save(
-      step,
-      args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave(metrics)
-      ),
-    )
+    """Saves the best weights, their metrics and a SHA-256 per array (checked on restore)."""
+    if step in self.best.all_steps():  # set_aside_best_after makes this unreachable.
+      raise RuntimeError(
+        f"{self.best.directory}/{step} already holds best weights of another trajectory; "
+        "refusing to keep them as this run's"
+      )
+    items = {
+      "params": ocp.args.StandardSave(params),
+      "metrics": ocp.args.JsonSave(metrics),
+      "digests": ocp.args.JsonSave(digests.tree_digests(_on_host(params))),
+    }
+    self.best.save(step, args=ocp.args.Composite(**items))
 
   def best_metrics(self) -> dict | None:
     step = self.best.latest_step()
     if step is None:
       return None
-    return self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
+    try:
+      args = ocp.args.Composite(metrics=ocp.args.JsonRestore())
+      return self.best.restore(step, args=args).metrics
+    except Exception as e:
+      raise self._damaged_best(step, f"its metrics: {type(e).__name__}: {_first_line(e)}") from e
 
   def restore_best_params(self, abstract_params: Any) -> Any:
+    """The best weights, verified against the digests saved with them."""
     step = self.best.latest_step()
-    restored = self.best.restore(
-      step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-    )
+    if step is None:
+      raise FileNotFoundError(
+        f"{self.best.directory} holds no best weights: no evaluation has finished with a "
+        "finite validation bits/dim. Train until one does (train.eval_every), or lower "
+        "config.train.learning_rate if every evaluation was NaN."
+      )
+    try:
+      items = {"params": ocp.args.StandardRestore(abstract_params)}
+      if "digests" in self.best.item_metadata(step):
+        items["digests"] = ocp.args.JsonRestore()
+      restored = self.best.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      raise self._damaged_best(step, f"{type(e).__name__}: {_first_line(e)}") from e
+    if "digests" in items:
+      bad = digests.mismatched(restored.digests, _on_host(restored.params))
+      if bad:
+        reason = f"arrays {', '.join(bad[:3])} differ from the SHA-256 saved with them"
+        raise self._damaged_best(step, reason)
     return restored.params
+
+  def _damaged_best(self, step: int, reason: str) -> DamagedCheckpointError:
+    earlier = sorted(s for s in self.state.all_steps() if s < step)
+    path = os.path.join(self.best.directory, str(step))
+    if earlier:
+      advice = (
+        f"Rerun with --config.restore_step={earlier[-1]}: training from that state evaluates "
+        f"again, and the damaged best moves to {os.path.join(self.workdir, BEST_SET_ASIDE)}."
+      )
+    else:
+      advice = "No earlier train state is kept; rerun with --fresh to train anew."
+    return DamagedCheckpointError(
+      f"best weights at {path} are damaged or incomplete ({reason}). {advice}"
+    )
 
   def wait(self) -> None:
     self.state.wait_until_finished()

@@ -195,6 +195,7 @@ def _start(config, data, trainer: Trainer, ckpts: checkpoints.Checkpoints, workd
   start = int(state["step"])
   if data_iter.get_state() != {"next_index": start}:  # A checkpoint without data state.
     data_iter.set_state({"next_index": start})
+  ckpts.set_aside_best_after(start)  # Best weights describe only the trajectory trained now.
   return data_iter, state
 
 
@@ -269,8 +270,8 @@ def _evaluate(trainer: Trainer, data, ckpts, writer, state: dict, step: int, bes
 
 def _summarise(config, data, trainer: Trainer, ckpts, state, workdir: str) -> tuple[dict, dict]:
   """(eval/metrics.json, best weights gathered on every host); writes the json."""
+  params = ckpts.restore_best_params(trainer.abstract_state["params"])  # Raises if none.
   best = ckpts.best_metrics()
-  params = ckpts.restore_best_params(trainer.abstract_state["params"])
   step_flops = trainer.method.step_flops()
   final_step = int(state["step"])
   if best["step"] == final_step:  # The best weights are the final ones: already scored.
