@@ -179,6 +179,51 @@ def test_bad_tasks_raise_a_clear_error(tasks, match):
     data_lib.parse_tasks(tasks, tuple("0123456789"))
 
 
+def _damaged_files(tmp_path) -> dict[str, tuple[str, str]]:
+  """name -> (path, expected message) of data files broken in the ways users break them."""
+  images, labels = np.zeros((4, 2, 2), np.uint8), np.arange(4) % 2
+  good = _npz(tmp_path / "good.npz", image=images, label=labels)
+  with open(good, "rb") as f:
+    raw = f.read()
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(raw[: len(raw) // 2])
+  flipped = bytearray(raw)  # A byte inside the stored (uncompressed) image array.
+  at = raw.index(images.tobytes()) + 1
+  flipped[at] ^= 0xFF
+  (tmp_path / "crc.npz").write_bytes(bytes(flipped))
+  np.save(tmp_path / "one.npy", images)
+  np.savez(tmp_path / "objects.npz", image=np.array([images, None], dtype=object), label=labels)
+  return {
+    "truncated": (str(truncated), "is not a readable .npz"),
+    "bad CRC": (str(tmp_path / "crc.npz"), "array 'image' is damaged"),
+    ".npy": (str(tmp_path / "one.npy"), r"holds one array \(\.npy\)"),
+    "objects": (str(tmp_path / "objects.npz"), "array 'image' holds Python objects"),
+  }
+
+
+def test_damaged_data_files_name_the_field_and_file_and_never_advise_pickle(tmp_path):
+  for name, (path, match) in _damaged_files(tmp_path).items():
+    for field, cfg in (
+      ("path", _cfg("", name="arrays", path=path)),
+      (
+        "test_path",
+        _cfg(
+          "",
+          name="arrays",
+          path=_npz(
+            tmp_path / "ok.npz", image=np.zeros((4, 2, 2), np.uint8), label=np.arange(4) % 2
+          ),
+          test_path=path,
+        ),
+      ),
+    ):
+      with pytest.raises(ValueError, match=match) as info:
+        data_lib.load(cfg)
+      message = str(info.value)
+      assert f"config.data.{field}={path!r}" in message, (name, message)
+      assert "allow_pickle" not in message, name
+
+
 def test_unknown_dataset_and_missing_npz_raise_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="'no_such_dataset' is not a known dataset"):
     data_lib.load(_cfg(str(tmp_path), name="no_such_dataset"))

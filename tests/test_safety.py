@@ -19,7 +19,7 @@ import pytest
 
 from projectable import data as data_lib
 from projectable.experiments.run import train_and_evaluate
-from projectable.training import checkpoints, distributed, loop, sharding
+from projectable.training import checkpoints, distributed, loop, sharding, workdir_guard
 from projectable.training.modes import make_method
 from projectable.training.restore import restore_params
 from projectable.training.trainer import Trainer
@@ -330,3 +330,42 @@ def test_a_workdir_without_best_weights_says_why(tmp_path):
       ckpts.restore_best_params({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
   finally:
     ckpts.close()
+
+
+def _digits_npz(path, invert: bool = False, size: int = 8) -> str:
+  from sklearn.datasets import load_digits as sklearn_digits
+
+  raw = sklearn_digits()
+  images = (raw.images * 15).astype(np.uint8)
+  images = 255 - images if invert else images
+  np.savez(path, image=np.tile(images, (1, size // 8, size // 8)), label=raw.target)
+  return str(path)
+
+
+def test_changed_data_under_the_same_path_is_refused_as_a_data_mismatch(tiny_config, tmp_path):
+  path, workdir = str(tmp_path / "digits.npz"), str(tmp_path / "run")
+  tiny_config.data.update(name="arrays", path=_digits_npz(path))
+  train_and_evaluate(tiny_config, workdir)
+  tiny_config.train.num_steps = 9  # Continue the run ...
+  _digits_npz(path, invert=True)  # ... on other contents under the same path.
+  with pytest.raises(workdir_guard.DataMismatchError, match=r"(?s)other data.*sha256.*--fresh"):
+    train_and_evaluate(tiny_config, workdir)
+  _digits_npz(path, size=16)  # Another image size: a data mismatch, not a damaged checkpoint.
+  with pytest.raises(
+    workdir_guard.DataMismatchError, match=r"image_shape.*\[8, 8, 1\].*\[16, 16, 1\]"
+  ):
+    train_and_evaluate(tiny_config, workdir)
+  _digits_npz(path)  # The data it was trained on: it resumes.
+  assert train_and_evaluate(tiny_config, workdir)["final_step"]["step"] == 9
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_no_config(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  tiny_config.init.source_workdir = str(tmp_path / "no_such_run")
+  with pytest.raises(FileNotFoundError):
+    train_and_evaluate(tiny_config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+  tiny_config.init.source_workdir = ""  # The corrected command is not refused.
+  assert train_and_evaluate(tiny_config, workdir)["final_step"]["step"] == 6
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)[workdir_guard.DATA_KEY]["dataset"] == "digits"

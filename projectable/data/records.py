@@ -8,10 +8,13 @@ into a ``TaskData``: the train/val/test ``Split``s as pixel tokens, and the task
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from projectable.core import digests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,23 @@ class TaskData:
     for t, classes in enumerate(self.task_classes):
       out[t, list(classes)] = 1.0 / len(classes)
     return out
+
+  def fingerprint(self) -> dict:
+    """What identifies this data: name, shapes, classes, split sizes and a SHA-256 of every
+    split's tokens and labels (a file changed under the same path changes it)."""
+    splits = {"train": self.train, "val": self.val, "test": self.test}
+    content = hashlib.sha256()
+    for split in splits.values():
+      content.update(digests.array_digest(split.tokens).encode())
+      content.update(digests.array_digest(split.labels).encode())
+    return {
+      "dataset": self.name,
+      "image_shape": list(self.image_shape),
+      "levels": self.levels,
+      "class_names": list(self.class_names),
+      "split_sizes": {name: len(split.labels) for name, split in splits.items()},
+      "sha256": content.hexdigest(),
+    }
 
   def task_indices(self, split: Split) -> list[np.ndarray]:
     """Per task, the indices of ``split``'s examples whose class is in the task."""

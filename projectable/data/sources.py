@@ -20,6 +20,8 @@ says; delete ``DIR/fashion_mnist_idx`` to prepare from other files.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -54,13 +56,40 @@ def open_source(cfg) -> Source:
   return tfds_sources.open_tfds(name, data_dir)
 
 
+def _read_npz(path: str, field: str) -> dict[str, np.ndarray]:
+  """Every array of the ``.npz`` at ``path``; errors name the field, the file and the fix."""
+  how = "write it with numpy.savez(path, image=<uint8 images>, label=<int labels>)"
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"config.data.{field}={path!r} is not a readable .npz ({e}); {how}") from e
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise ValueError(
+      f"config.data.{field}={path!r} holds one array (.npy), not an .npz of named arrays; {how}"
+    )
+  with loaded as npz:
+    arrays = {}
+    for key in npz.files:
+      try:
+        arrays[key] = npz[key]
+      except ValueError as e:  # Object arrays: pickled Python objects, never loaded.
+        raise ValueError(
+          f"config.data.{field}={path!r}: array {key!r} holds Python objects, which are not "
+          f"loaded (they would need unpickling); store numbers instead: {how}"
+        ) from e
+      except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(
+          f"config.data.{field}={path!r}: array {key!r} is damaged ({e}); {how}"
+        ) from e
+  return arrays
+
+
 def _load_npz(path: str, field: str) -> dict[str, np.ndarray]:
   if not path:
     raise ValueError(f"config.data.{field} must name a .npz file for config.data.name='arrays'")
   if not os.path.isfile(path):
     raise ValueError(f"config.data.{field}={path!r}: no such file")
-  with np.load(path, allow_pickle=False) as npz:
-    arrays = {k: npz[k] for k in npz.files}
+  arrays = _read_npz(path, field)
   missing = {"image", "label"} - set(arrays)
   if missing:
     raise ValueError(

@@ -87,12 +87,14 @@ class _SkipCounter:
     return skipped
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes ``workdir/config.json`` atomically (a killed write leaves the old file)."""
+def write_config(config: ml_collections.ConfigDict, data_fingerprint: dict, workdir: str) -> None:
+  """Writes ``workdir/config.json`` (the config and the data's fingerprint) atomically: a
+  killed write leaves the old file."""
   if jax.process_index() == 0:
     path = os.path.join(workdir, "config.json")
+    record = {**json.loads(config.to_json_best_effort()), workdir_guard.DATA_KEY: data_fingerprint}
     with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      json.dump(record, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
 
 
@@ -159,6 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainedRun:
 def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
   """Trains in ``workdir``, which this run holds: (metrics, the mode, best weights)."""
   workdir_guard.check_compatible(config, workdir)
+  workdir_guard.check_same_data(data.fingerprint(), workdir)
   saved = workdir_guard.saved_config(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
@@ -168,7 +171,6 @@ def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
     ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints, clean=True)
     try:
       _apply_restore_step(config, ckpts, saved)
-      write_config(config, workdir)
       with preemption.StopRequest() as stop:
         state = _train(config, data, trainer, ckpts, workdir, stop)
       if int(state["step"]) < config.train.num_steps:  # SIGTERM or JAX's preemption notice.
@@ -220,6 +222,7 @@ def _train(
     workdir, start, train.profile_steps if jax.process_index() == 0 else 0
   )
   step_log = _StepLog(config, writer, start)
+  config_written = False
   with trace:  # Stops a trace that the run outlives or an error cuts short.
     for step in range(start + 1, train.num_steps + 1):
       batch = pipeline.place(next(data_iter), trainer.batch_shardings)
@@ -236,6 +239,9 @@ def _train(
       if step % train.eval_every == 0 or step == train.num_steps:
         best_val = _evaluate(trainer, data, ckpts, writer, state, step, best_val)
       if step % train.checkpoint_every == 0 or last:
+        if not config_written:  # config.json exists only where a trained step is saved.
+          write_config(config, data.fingerprint(), workdir)
+          config_written = True
         ckpts.save_state(step, state, data_iter)
       if stopping:
         logging.warning("SIGTERM: saved step %d and stopping", step)

@@ -60,14 +60,54 @@ def _relevant(name: str) -> bool:
   return top not in _MAY_CHANGE and not (top == "train" and rest in _TRAIN_MAY_CHANGE)
 
 
-def saved_config(workdir: str) -> dict | None:
-  """The config.json of the run in ``workdir``, fields added since it was written at their
-  defaults (``with_defaults``), or None."""
+DATA_KEY = "data_fingerprint"  # config.json's record of the data the run trained on.
+
+
+class DataMismatchError(ValueError):
+  """The workdir's run trained on other data than the config now gives."""
+
+
+def _read_config_json(workdir: str) -> dict | None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return with_defaults(json.load(f))
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f"{path} is not valid JSON ({e}); restore it from the run's command line, or train "
+        "with --fresh in a new workdir"
+      ) from e
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The config.json of the run in ``workdir``, fields added since it was written at their
+  defaults (``with_defaults``), or None; without the data fingerprint."""
+  saved = _read_config_json(workdir)
+  if saved is None:
+    return None
+  saved.pop(DATA_KEY, None)
+  return with_defaults(saved)
+
+
+def check_same_data(fingerprint: dict, workdir: str) -> None:
+  """Raises ``DataMismatchError`` with both fingerprints when ``workdir``'s run was trained
+  on other data (runs written before fingerprints existed are not checked)."""
+  saved = (_read_config_json(workdir) or {}).get(DATA_KEY)
+  if saved is None or saved == fingerprint:
+    return
+  diff = [
+    f"  {key}: workdir's run had {saved.get(key)!r}, the config's data has {fingerprint[key]!r}"
+    for key in fingerprint
+    if saved.get(key) != fingerprint[key]
+  ]
+  raise DataMismatchError(
+    f"{workdir} holds a run trained on other data; resuming it would mix two datasets:\n"
+    + "\n".join(diff)
+    + "\nPoint config.data at the data it was trained on, or train with --fresh in a new "
+    "workdir (nothing is deleted). Its checkpoints are not damaged."
+  )
 
 
 def holds_run(workdir: str) -> bool:
