@@ -369,3 +369,20 @@ def test_a_start_that_fails_before_its_first_checkpoint_leaves_no_config(tiny_co
   assert train_and_evaluate(tiny_config, workdir)["final_step"]["step"] == 6
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)[workdir_guard.DATA_KEY]["dataset"] == "digits"
+
+
+def test_following_the_restore_step_advice_twice_does_not_loop(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny_config, workdir)  # State steps 3 and 6.
+
+  def damage_step_6() -> None:
+    step6 = os.path.join(workdir, "checkpoints", "6")
+    data_file = max(glob.glob(f"{step6}/state/**/d/*", recursive=True), key=os.path.getsize)
+    os.truncate(data_file, os.path.getsize(data_file) // 2)
+
+  tiny_config.restore_step = 3
+  for _ in range(2):  # The same damage, the same advice, followed with the same command.
+    damage_step_6()
+    assert train_and_evaluate(tiny_config, workdir)["final_step"]["step"] == 6
+  aside = sorted(os.listdir(os.path.join(workdir, checkpoints.SET_ASIDE)))
+  assert aside == ["6", "6-1"]  # Both damaged steps kept, none deleted.

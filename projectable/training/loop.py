@@ -193,12 +193,26 @@ def _start(config, data, trainer: Trainer, ckpts: checkpoints.Checkpoints, workd
     state = warmstart.initial_state(config, data, trainer)
   else:
     logging.info("Resuming from checkpoint at step %d in %s", latest, workdir)
-    state = ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
+    state = _restore_latest(config, trainer, ckpts, data_iter)
   start = int(state["step"])
   if data_iter.get_state() != {"next_index": start}:  # A checkpoint without data state.
     data_iter.set_state({"next_index": start})
   ckpts.set_aside_best_after(start)  # Best weights describe only the trajectory trained now.
   return data_iter, state
+
+
+def _restore_latest(config, trainer: Trainer, ckpts: checkpoints.Checkpoints, data_iter):
+  """The latest train state; if it is damaged and ``config.restore_step`` (applied by an
+  earlier run) names an older step, that step, as the damage's advice says."""
+  try:
+    return ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
+  except checkpoints.DamagedCheckpointError as e:
+    step = config.restore_step
+    if not 0 <= step < ckpts.latest_step() or step not in ckpts.state.all_steps():
+      raise
+    logging.warning("%s\nconfig.restore_step=%d: rewinding to it again", e, step)
+    ckpts.rewind(step)
+    return ckpts.restore_state(trainer.abstract_state, data_iter=data_iter)
 
 
 def _train(
