@@ -14,7 +14,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable.experiments import arms, compare
+from projectable.experiments import arms, cli, compare
 from projectable.training import host_memory, log_filters
 
 FLAGS = flags.FLAGS
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

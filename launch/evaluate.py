@@ -16,6 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from projectable.experiments import cli
 from projectable.specialists import export
 from projectable.training import restore
 
@@ -55,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ or comma-separated names or indices) and, from a projectable run, class sets
 
 from absl import app, flags
 
+from projectable.experiments import cli
 from projectable.specialists import export
 from projectable.training import workdir_lock
 
@@ -57,4 +58,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable.experiments import arms, frontier, frontier_report
+from projectable.experiments import arms, cli, frontier, frontier_report
 from projectable.training import host_memory, log_filters
 
 FLAGS = flags.FLAGS
@@ -97,4 +97,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,7 +12,7 @@ import json
 
 from absl import app, flags
 
-from projectable.experiments import frontier_report
+from projectable.experiments import cli, frontier_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("frontiers", None, "frontier.json files to join.")
@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -31,12 +31,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from projectable import data as data_lib  # noqa: E402
-from projectable.experiments import memory  # noqa: E402
-from projectable.training import (  # noqa: E402
-  log_filters,
-  sharding,
-  validation,
-)
+from projectable.experiments import cli, memory  # noqa: E402
+from projectable.training import log_filters, sharding, validation  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -57,4 +53,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

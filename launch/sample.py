@@ -11,6 +11,7 @@ model given the task, or the task's specialist in the other modes.
 import jax
 from absl import app, flags
 
+from projectable.experiments import cli
 from projectable.specialists import export, images
 from projectable.specialists.artifact import load_specialist
 from projectable.training import restore
@@ -72,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,8 @@ instead (newer steps are moved to DIR/checkpoints_set_aside/, never deleted).
 ``<workdir>-1``, ``<workdir>-2``, ... (logged) and nothing is deleted; to resume that
 run later, pass its directory as --workdir without --fresh. One run writes to a workdir
 at a time: a second is refused at once (exit status 2) naming the first's host and pid.
+User errors (bad flags or config values, data, a busy workdir) exit with status 2 and one
+``error:`` line; named faults (a damaged checkpoint, a non-finite loss) with status 1.
 """
 
 import sys
@@ -18,14 +20,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from projectable.experiments import cli
 from projectable.experiments.run import train_and_evaluate
 from projectable.training import (
   distributed,
   host_memory,
   log_filters,
   preemption,
+  validation,
   workdir_guard,
-  workdir_lock,
 )
 
 FLAGS = flags.FLAGS
@@ -45,7 +48,6 @@ flags.DEFINE_enum(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect of a terminated job.
-USER_ERROR_EXIT_CODE = 2  # A command that cannot run as given (here: the workdir is busy).
 
 
 def main(argv: list[str]) -> None:
@@ -55,13 +57,11 @@ def main(argv: list[str]) -> None:
   host_memory.retain_freed_memory()
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   distributed.require_platform(FLAGS.require_platform)
+  validation.validate(FLAGS.config)  # A bad value is one line (exit 2), before the dump.
   logging.info("Config:\n%s", FLAGS.config)
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:
     train_and_evaluate(FLAGS.config, workdir)
-  except workdir_lock.WorkdirBusyError as e:  # Another run writes there: nothing was touched.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(USER_ERROR_EXIT_CODE)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     if FLAGS.fresh:
@@ -70,4 +70,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

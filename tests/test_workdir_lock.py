@@ -91,9 +91,8 @@ def test_two_fresh_runs_started_together_claim_different_workdirs(tmp_path):
   assert chosen == [base, f"{base}-1"]
 
 
-def test_the_launcher_exits_2_when_the_workdir_is_busy(holder, run_launcher, capsys):
-  workdir, proc = holder
-  with pytest.raises(SystemExit) as exit_info:
+def test_the_launcher_refuses_a_busy_workdir_before_training(holder, run_launcher):
+  workdir, proc = holder  # cli.run turns the error into exit status 2 (tests/test_cli.py).
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f"pid {proc.pid}"):
     run_launcher("train", ["--config=configs/digits.py:tiny", f"--workdir={workdir}"])
-  assert exit_info.value.code == 2
-  assert f"pid {proc.pid}" in capsys.readouterr().err
+  assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]

@@ -1,0 +1,65 @@
+"""How every launcher ends: ``cli.run(main)`` instead of ``absl.app.run(main)``.
+
+A user error (a bad flag or config value, missing or mismatched data, a busy workdir, a
+refused overwrite) prints one ``error: ...`` line (the message may continue on the lines
+below it) and exits with status 2, with no traceback; a fault the project names (a
+damaged checkpoint, a non-finite loss) prints its name and message and exits with status
+1. Tracebacks stay available in the log at verbosity 1 (``--verbosity=1``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+from projectable.training.checkpoints import DamagedCheckpointError
+from projectable.training.workdir_lock import WorkdirBusyError
+
+USER_ERROR = 2  # The command cannot run as given: fix the command, the config or the data.
+FAULT = 1  # Something the project detected went wrong while running.
+USER_ERRORS = (
+  app.UsageError,
+  flags.Error,
+  ValueError,  # Config validation, data, tasks (DataMismatchError included).
+  FileNotFoundError,
+  FileExistsError,
+  WorkdirBusyError,
+)
+FAULTS = (DamagedCheckpointError, FloatingPointError)
+
+
+def _fail(status: int, message: str) -> None:
+  logging.debug("The error's traceback:", exc_info=True)
+  print(message, file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag or ``--config.<field>`` override as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    cause = e
+    while cause.__cause__ or cause.__context__:
+      cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, (AttributeError, KeyError)):  # An override of a field that is not.
+      name = str(cause).strip("\"'")
+      given = [a.partition("=")[0] for a in argv if a.partition("=")[0].endswith(f".{name}")]
+      _fail(USER_ERROR, f"error: {', '.join(given) or name}: the config has no such field")
+    _fail(USER_ERROR, f"error: {e}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs a launcher's ``main`` under absl, mapping errors to statuses as described above."""
+
+  def guarded(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except FAULTS as e:
+      _fail(FAULT, f"error: {type(e).__name__}: {e}")
+    except USER_ERRORS as e:
+      _fail(USER_ERROR, f"error: {e}")
+
+  app.run(guarded, flags_parser=_parse_flags)
