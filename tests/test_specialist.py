@@ -265,3 +265,17 @@ def test_model_fields_edited_after_export_are_refused(copy_of_saved, change):
   _edit_config(copy_of_saved, **change)  # Same weight shapes: only the binding can tell.
   with pytest.raises(ValueError, match=r"config.json: its 'model' section .* changed after export"):
     load_specialist(copy_of_saved)
+
+
+@pytest.mark.parametrize(
+  "change, match",
+  [
+    ({"d": "32"}, r"model\.d='32' must be of type int"),
+    ({"unroll": 1}, r"model\.unroll=1 must be of type bool"),
+    ({"heads": 2.0}, r"model\.heads=2\.0 must be of type int"),
+  ],
+)
+def test_mistyped_model_fields_name_config_json(copy_of_saved, change, match):
+  _edit_config(copy_of_saved, **change)
+  with pytest.raises(ValueError, match=rf"config\.json: {match}"):
+    load_specialist(copy_of_saved)

@@ -25,6 +25,7 @@ USER_ERRORS = (
   ValueError,  # Config validation, data, tasks (DataMismatchError included).
   FileNotFoundError,
   FileExistsError,
+  PermissionError,  # An unwritable workdir (checkpoints probe it before training).
   WorkdirBusyError,
 )
 FAULTS = (DamagedCheckpointError, FloatingPointError)

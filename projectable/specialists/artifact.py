@@ -35,6 +35,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 _RESERVED = ("format_version", "model", "integrity")
+# ModelConfig's annotations (strings under ``from __future__ import annotations``) as types.
+_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +208,13 @@ def _model_config(fields: object, config_path: str) -> ModelConfig:
     raise ValueError(
       f"{config_path}: 'model' must be an object with fields among {sorted(names)}, got {fields!r}"
     )
+  for field in dataclasses.fields(ModelConfig):
+    value, kind = fields.get(field.name), _FIELD_TYPES[field.type]
+    allowed = (kind, int) if kind is float else (kind,)  # JSON writes 0.0 as 0 at times.
+    if field.name in fields and type(value) not in allowed:
+      raise ValueError(
+        f"{config_path}: model.{field.name}={value!r} must be of type {kind.__name__}"
+      )
   try:
     cfg = ModelConfig(**fields)
   except (TypeError, ValueError) as e:

@@ -42,6 +42,21 @@ def _first_line(e: Exception) -> str:
   return str(e).strip().partition("\n")[0]
 
 
+def _check_writable(directory: str) -> None:
+  """Raises at once, naming ``directory``, if a checkpoint could not be written there (rather
+  than after a step's compute, from inside an asynchronous save)."""
+  probe = os.path.join(directory, ".write_probe")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+      f"{directory} is not a writable directory ({e}); fix it or pass another --workdir"
+    ) from e
+
+
 def _on_host(tree: Any) -> Any:
   """``tree``'s arrays as host numpy, gathered from every process where sharded across them."""
   if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
@@ -78,6 +93,7 @@ class Checkpoints:
     def manager(name: str, max_to_keep: int) -> ocp.CheckpointManager:
       directory = os.path.join(self.workdir, name)
       if clean:
+        _check_writable(directory)
         for tmp in glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*")):
           logging.warning("Removing %s: a checkpoint write that a killed run left unfinished", tmp)
       options = ocp.CheckpointManagerOptions(
