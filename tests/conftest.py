@@ -42,6 +42,23 @@ def load_digits():
   return load
 
 
+@pytest.fixture(scope="session")
+def flip_middle_bytes():
+  """``flip_middle_bytes(directory)`` flips 8 bytes in the middle of the largest array file
+  Orbax wrote under ``directory``: it still reads without error, so only a checksum tells."""
+  import glob
+
+  def flip(directory: str) -> None:
+    data_file = max(glob.glob(f"{directory}/**/d/*", recursive=True), key=os.path.getsize)
+    with open(data_file, "r+b") as f:
+      f.seek(os.path.getsize(data_file) // 2)
+      middle = f.read(8)
+      f.seek(-8, os.SEEK_CUR)
+      f.write(bytes(b ^ 0xFF for b in middle))
+
+  return flip
+
+
 @pytest.fixture
 def tiny_config():
   """The digits ``tiny`` variant on one device, unlocked for per-test overrides."""

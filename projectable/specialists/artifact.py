@@ -172,7 +172,14 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
         f"the weights in {params_path} do not match the model in {config_path}: "
         + "; ".join(problems)
       )
-    params = checkpointer.restore(params_path, expected)
+    try:
+      params = checkpointer.restore(params_path, expected)
+    except Exception as e:  # Orbax/TensorStore read errors: damaged or truncated files.
+      first_line = str(e).strip().partition("\n")[0]
+      raise ValueError(
+        f"the weights in {params_path} are damaged: {type(e).__name__}: {first_line}; "
+        "re-export the specialist (launch/export.py)"
+      ) from e
   _verify(config, jax.device_get(params), config_path, params_path)
   params = jax.device_put(params)
   meta = {k: v for k, v in config.items() if k not in _RESERVED}
