@@ -15,7 +15,7 @@ from projectable import data
 from projectable.core import model, projector
 from projectable.experiments.run import train_and_evaluate
 from projectable.specialists import emission, export, images, tflite
-from projectable.specialists.artifact import load_specialist
+from projectable.specialists.artifact import load_specialist, save_specialist
 from projectable.training import restore
 
 
@@ -288,3 +288,12 @@ def test_non_finite_specialists_are_refused_naming_their_tasks():
   with pytest.raises(FloatingPointError, match=r"tasks \['a'\]"):
     emission._check_finite(finite, {"a": float("nan"), "b": 2.0}, ["a", "b"])
   emission._check_finite(finite, {"a": 1.0, "b": 2.0}, ["a", "b"])  # Nothing to refuse.
+
+
+def test_evaluating_a_specialist_with_nan_weights_is_refused(workdir, exported, tmp_path):
+  specialist, meta = load_specialist(os.path.join(exported[0], "3"))
+  broken = jax.tree.map(lambda w: np.full(w.shape, np.nan, w.dtype), specialist.params)
+  path = str(tmp_path / "nan")
+  save_specialist(path, specialist.cfg, broken, meta)  # Saved as given: intact NaNs.
+  with pytest.raises(FloatingPointError, match="non-finite bits/dim"):
+    export.evaluate_specialist(path, restore.read_config(workdir))

@@ -18,6 +18,7 @@ the test images of any class set (``launch/evaluate.py``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
@@ -185,6 +186,10 @@ def evaluate_specialist(
   bpd = emission.task_test_bits_per_dim(
     scored, specialist.cfg, weights_T, range(len(sets)), config.train.eval_chunk
   )
+  if not all(math.isfinite(v) for v in bpd.values()):
+    raise FloatingPointError(
+      f"the specialist at {path} scores non-finite bits/dim {bpd}: its weights are not usable"
+    )
   return {
     "specialist": os.path.abspath(path),
     "task": meta.get("task"),
