@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -147,15 +148,26 @@ class TrainedRun(NamedTuple):
   metrics: dict
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainedRun:
-  """Trains ``config.mode`` in ``workdir`` (resuming if possible); writes eval/metrics.json."""
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  finish: Callable[[TrainedRun], None] | None = None,
+) -> TrainedRun:
+  """Trains ``config.mode`` in ``workdir`` (resuming if possible); writes eval/metrics.json.
+
+  The config and data are checked before the workdir is touched; from then on the run holds
+  the workdir's lock, until ``finish`` (the run's remaining artifacts) has returned.
+  """
   validation.validate(config)
   validation.check_backend(config)
   data = data_lib.load(config.data)
   pipeline.check_batch_tasks(config.train.batch_tasks, data)
   with workdir_lock.WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
     metrics, method, params = _train_in(config, data, workdir)
-  return TrainedRun(config, data, method, params, metrics)
+    run = TrainedRun(config, data, method, params, metrics)
+    if finish is not None:
+      finish(run)
+  return run
 
 
 def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
