@@ -5,6 +5,14 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
       --budgets=1/8,1/4,1/2,1,2 --seeds=0 --top_seeds=0,1,2
   python launch/frontier.py --config=configs/digits.py --workdir=DIR \
       --source_workdir=SOURCE_RUN   # amortised: every method builds on one trained source
+  python launch/frontier.py --config=configs/digits.py --workdir=DIR \
+      --multi_seed_from=1/4 --extend_until_converged --max_budget=16
+
+Every method is tuned alike on validation bits/dim (never test): at each budget of
+--tune_budgets (default: all) it trains every learning rate of --learning_rates with
+every dropout of --dropouts (and, built on a source, every --source_shares), and its
+best trial there is its setting at that budget and the nearest untuned ones; an empty
+list keeps the config's value (--learning_rates= --dropouts= : no tuning).
 
 Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
 steps. Projectable runs (the reference included) use ``lambda_source=0``, the
@@ -23,7 +31,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from projectable.experiments import arms, cli, frontier, frontier_report
+from projectable.experiments import arms, cli, frontier, frontier_report, tuning
 from projectable.training import host_memory, log_filters
 
 FLAGS = flags.FLAGS
@@ -61,6 +69,29 @@ flags.DEFINE_float(
   arms.DISTILL_WEIGHT,
   "alpha of universal_distill and specialists_distill: (1 - alpha) * NLL + alpha * KL.",
 )
+flags.DEFINE_list(
+  "learning_rates",
+  [f"{v:g}" for v in tuning.DEFAULT_LEARNING_RATES],
+  "Learning rates every method is tuned over.",
+)
+flags.DEFINE_list(
+  "dropouts", [f"{v:g}" for v in tuning.DEFAULT_DROPOUTS], "Dropouts of the trained model."
+)
+flags.DEFINE_list(
+  "source_shares",
+  [f"{v:g}" for v in tuning.DEFAULT_SOURCE_SHARES],
+  "Shares of the budget the methods built on a source spend on it (tuned; empty: --source_share).",
+)
+flags.DEFINE_list("tune_budgets", [], "Budgets where tuning runs (default: every budget).")
+flags.DEFINE_string(
+  "multi_seed_from", None, "Budgets from this one on get --top_seeds (default: the largest)."
+)
+flags.DEFINE_bool(
+  "extend_until_converged",
+  False,
+  "Double the ladder's top until the best baseline's validation gains < 1% per doubling.",
+)
+flags.DEFINE_string("max_budget", "64", "extend_until_converged stops before passing this.")
 flags.DEFINE_bool(
   "report_only",
   False,
@@ -74,13 +105,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
   host_memory.retain_freed_memory()
-  try:
-    budgets = [float(fractions.Fraction(b)) for b in FLAGS.budgets]
-  except ValueError as e:
-    raise app.UsageError(f"--budgets={','.join(FLAGS.budgets)}: {e}") from None
   default_methods = arms.FROM_SOURCE if FLAGS.source_workdir else frontier.DEFAULT_ARMS
   overridden = config_flags.get_override_values(FLAGS["config"])
-  result = frontier.frontier(
+  grid = tuning.Grid(
+    tuple(_numbers("learning_rates")),
+    tuple(_numbers("dropouts")),
+    tuple(_numbers("source_shares")),
+  )
+  seed_from = _numbers("multi_seed_from")
+  run = lambda budgets: frontier.frontier(
     frontier.compute_optimal(FLAGS.config, overridden),
     FLAGS.workdir,
     budgets,
@@ -92,8 +125,27 @@ def main(argv: list[str]) -> None:
     distill_weight=FLAGS.distill_weight,
     source_workdir=FLAGS.source_workdir,
     train=not FLAGS.report_only,
+    grid=grid,
+    tune_budgets=_numbers("tune_budgets"),
+    multi_seed_from=seed_from[0] if seed_from else None,
   )
+  budgets = _numbers("budgets")
+  if FLAGS.extend_until_converged:
+    (max_budget,) = _numbers("max_budget")
+    result = frontier.extend_until_converged(run, budgets, max_budget)
+  else:
+    result = run(budgets)
   print(frontier_report.markdown(result))
+
+
+def _numbers(name: str) -> list[float]:
+  """Flag ``name``'s values (a list, or one string) as floats; fractions like 1/4 allowed."""
+  values = FLAGS[name].value
+  values = [values] if isinstance(values, str) else values or []
+  try:
+    return [float(fractions.Fraction(v)) for v in values]
+  except ValueError as e:
+    raise app.UsageError(f"--{name}={','.join(values)}: {e}") from None
 
 
 if __name__ == "__main__":

@@ -14,25 +14,27 @@ from projectable.training import sharding
 from projectable.training.modes import make_method
 from projectable.training.trainer import Trainer
 
-# (mode, distill.weight, source_examples_per_task, freeze_source): every mode, then the
-# distilled ones. Projectable distills from its own source's training forward (-1) or runs
-# a separate teacher forward (2 images per task for the source's loss; a frozen source).
+# (mode, distill.weight, source_examples_per_task, freeze_source, lambda_source): every
+# mode, projectable at λ=0 too (the frontier's setting: no source loss), then the distilled
+# ones. Projectable distills from its own source's training forward (-1) or runs a separate
+# teacher forward (2 images per task for the source's loss; a frozen source).
 VARIANTS = [
-  ("projectable", 0.0, -1, False),
-  ("universal", 0.0, -1, False),
-  ("specialists", 0.0, -1, False),
-  ("source", 0.0, -1, False),
-  ("universal", 0.5, -1, False),
-  ("specialists", 0.5, -1, False),
-  ("projectable", 0.5, -1, False),
-  ("projectable", 0.5, 2, False),
-  ("projectable", 0.5, -1, True),
+  ("projectable", 0.0, -1, False, 1.0),
+  ("projectable", 0.0, -1, False, 0.0),
+  ("universal", 0.0, -1, False, 1.0),
+  ("specialists", 0.0, -1, False, 1.0),
+  ("source", 0.0, -1, False, 1.0),
+  ("universal", 0.5, -1, False, 1.0),
+  ("specialists", 0.5, -1, False, 1.0),
+  ("projectable", 0.5, -1, False, 1.0),
+  ("projectable", 0.5, 2, False, 1.0),
+  ("projectable", 0.5, -1, True, 1.0),
 ]
 
 
-@pytest.mark.parametrize("mode,weight,n_src,frozen", VARIANTS)
-def test_counted_flops_match_xla_within_10_percent(tiny_config, mode, weight, n_src, frozen):
-  tiny_config.mode = mode
+@pytest.mark.parametrize("mode,weight,n_src,frozen,lam", VARIANTS)
+def test_counted_flops_match_xla_within_10_percent(tiny_config, mode, weight, n_src, frozen, lam):
+  tiny_config.mode, tiny_config.lambda_source = mode, lam
   tiny_config.distill.weight = weight
   tiny_config.source_examples_per_task = n_src
   tiny_config.train.freeze_source = frozen

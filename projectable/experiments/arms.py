@@ -1,6 +1,9 @@
 """The arms an experiment compares, under a matched budget, and how each one runs.
 
-Trained from scratch (``TRAINED``): the four modes. ``weight_selection`` is the
+Trained from scratch (``TRAINED``): the four modes, and ``projectable_rank0``, the
+projectable control with ``projector.rank=0``: the pure reparameterisation of the
+small model's weights as projections of the source's, with no task-conditioned part
+(every task gets the same projection, so no specialisation). ``weight_selection`` is the
 fixed selection of a trained ``source`` run, evaluated as is; the ``FROM_SOURCE``
 arms build on that source: ``weight_selection_ft`` fine-tunes its selection per
 task; ``projectable_tuned`` and ``projectable_frozen`` train projectors on it,
@@ -26,7 +29,7 @@ from projectable.training import sharding, warmstart
 from projectable.training.modes import make_method
 from projectable.training.trainer import Trainer
 
-TRAINED = ("source", "projectable", "universal", "specialists")
+TRAINED = ("source", "projectable", "universal", "specialists", "projectable_rank0")
 # Methods trained from the seed's trained ``source`` run: warm-started, or distilled from it.
 PROJECTORS_ON_SOURCE = ("projectable_tuned", "projectable_frozen")
 FROM_SOURCE = (
@@ -41,6 +44,7 @@ ARMS = (*TRAINED, "weight_selection", *FROM_SOURCE)
 # What a comparison runs unless told: every method but the projectors on a trained source.
 DEFAULT_ARMS = tuple(m for m in ARMS if m not in PROJECTORS_ON_SOURCE)
 _MODES = {
+  "projectable_rank0": "projectable",
   "projectable_tuned": "projectable",
   "projectable_frozen": "projectable",
   "weight_selection_ft": "specialists",
@@ -79,6 +83,8 @@ def mode_config(
   in ``source_workdir``; projectable_frozen keeps it fixed."""
   config = base.copy_and_resolve_references()
   config.mode = _MODES.get(method, method)
+  if method == "projectable_rank0":
+    config.projector.rank = 0
   if method in _WARM_STARTED:
     config.init.source_workdir = source_workdir
     if method == "projectable_frozen":

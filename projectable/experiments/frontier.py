@@ -4,10 +4,14 @@ Budgets are multiples of the reference budget, the training FLOPs of
 ``train.num_steps`` projectable steps (``arms.reference_flops``; multiple 1 is
 ``compare --budget=flops``); the command runs them at ``compute_optimal``'s λ.
 The default ladder 1/16, 1/8, 1/4, 1/2, 1 spans 16x.
-At budget B a method runs ``round(B / its per-step FLOPs)`` steps, its eval,
-checkpoint and warmup periods scaled alike (``arms.scaled``), so its training
-FLOPs are within half a step of B. A budget below one step of a method is an
-error, raised for every point before any training starts.
+At budget B a method runs ``round(B / its per-step FLOPs)`` steps
+(``frontier_plan``). A budget below one step of a method is an error, raised for
+every point, every trial and every seed before any training starts.
+
+Tuning (``tuning.Grid``): at each tuned budget (default: every budget) every method
+trains each of its trials with the budget's first seed, and the trial with the lowest
+validation bits/dim is its setting there; a budget that is not tuned takes the setting
+of the nearest tuned one. The other seeds train that setting. Test figures never choose.
 
 The methods built on a trained source (``arms.FROM_SOURCE``) pay for it out of
 their own budget: at budget B they start from the ``source`` point at budget
@@ -27,9 +31,11 @@ every point; the FROM_SOURCE methods (projectors on it, tuned through the
 projections or frozen; fine-tuned weight selection; distillation from it) spend
 each whole budget on their own training, and the source's cost is reported apart.
 
-Budgets get ``seeds``, the largest ``top_seeds``. Each point lives in
-``DIR/<method>_b<multiple>_seed<s>/`` and resumes, or is reused when finished
-(``arms.run_arm``). Writes DIR/frontier.{json,md,png}; ``merge`` joins frontiers
+Budgets get ``seeds``; the largest, or every budget from ``multi_seed_from`` on, get
+``top_seeds``. Each point lives in ``DIR/<method>_b<multiple>[_<settings>]_seed<s>/``
+and resumes, or is reused when finished (``arms.run_arm``). ``extend_until_converged``
+doubles the ladder until the best baseline's validation gains under 1% per doubling.
+Writes DIR/frontier.{json,md,png}; ``merge`` joins frontiers
 run apart (e.g. methods on different machines) on the same budget ladder.
 """
 
@@ -37,16 +43,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 
 import ml_collections
+from absl import logging
 
-from projectable import data as data_lib
-from projectable.experiments import arms, frontier_report
-from projectable.training import warmstart
+from projectable.experiments import arms, frontier_plan, frontier_report, tuning
+from projectable.experiments.frontier_plan import Point
 
-ARMS = ("projectable", "universal", "specialists", "source", *arms.FROM_SOURCE)
+ARMS = (
+  "projectable",
+  "universal",
+  "specialists",
+  "source",
+  "projectable_rank0",
+  *arms.FROM_SOURCE,
+)
 # What a from-scratch frontier runs unless told: every method but the projectors on a source.
 DEFAULT_ARMS = tuple(m for m in ARMS if m not in arms.PROJECTORS_ON_SOURCE)
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -67,19 +82,6 @@ def compute_optimal(
   return config
 
 
-@dataclasses.dataclass(frozen=True)
-class Point:
-  """One training run of the frontier."""
-
-  method: str
-  budget: float  # Multiple of the reference budget.
-  budget_flops: float
-  seed: int
-  config: ml_collections.ConfigDict
-  workdir: str
-  source: Point | None = None  # arms.FROM_SOURCE methods: the source point they build on.
-
-
 def schedule(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -90,78 +92,41 @@ def schedule(
   source_share: float,
   distill_weight: float = arms.DISTILL_WEIGHT,
   source_workdir: str = "",
+  grid: tuning.Grid = tuning.UNTUNED,
+  multi_seed_from: float | None = None,
 ) -> tuple[float, list[Point]]:
-  """(reference FLOPs, every point cheapest budget first); validates all before any training.
+  """(reference FLOPs, every point any trial may run, cheapest budget first).
 
-  With ``source_workdir`` (a finished source run) the ``arms.FROM_SOURCE`` methods all
-  build on that source and spend their whole budget on their own training.
+  Making them all validates every budget, seed and trial before any training.
   """
   unknown = set(methods) - set(ARMS)
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; known: {ARMS}")
   if not budgets or min(budgets) <= 0:
     raise ValueError(f"budgets must be positive multiples of the reference, got {budgets}")
-  if not 0 < source_share < 1:
-    raise ValueError(f"source_share must lie strictly between 0 and 1, got {source_share}")
-  data = data_lib.load(config.data)
-  reference = arms.reference_flops(config, data)
-
-  def point(method: str, budget: float, seed: int) -> Point:
-    seeded = config.copy_and_resolve_references()
-    seeded.seed = seed
-    source, share, source_dir = None, 1.0, source_workdir
-    if method in arms.FROM_SOURCE and not source_workdir:
-      try:
-        source = point("source", budget * source_share, seed)
-      except ValueError as e:
-        raise ValueError(
-          f"{method} at budget {budget:g} spends {source_share:g} of it on its source: {e}"
-        ) from None
-      share, source_dir = 1 - source_share, source.workdir
-    run_config = arms.mode_config(seeded, method, source_dir, distill_weight)
-    per_step = arms.step_flops(run_config, data)
-    available = share * budget * reference
-    if available < per_step:
-      what = f"budget {budget:g} x reference = {budget * reference:.4g} FLOPs"
-      if source:
-        what = f"the fine-tuning share {share:g} of {what} ({available:.4g} FLOPs)"
-      raise ValueError(
-        f"{what} buys less than one training step of {method} ({per_step:.4g} FLOPs per "
-        f"step); the reference is {config.train.num_steps} projectable steps = "
-        f"{reference:.4g} FLOPs"
-      )
-    return Point(
-      method,
-      budget,
-      budget * reference,
-      seed,
-      arms.scaled(run_config, round(available / per_step)),
-      os.path.join(workdir, f"{method}_b{budget:g}_seed{seed}"),
-      source,
-    )
-
+  frontier_plan.check_source_shares((source_share, *grid.source_shares))
+  planner = frontier_plan.Planner(config, workdir, source_share, distill_weight, source_workdir)
   if source_workdir:
-    _check_trained_source(config, source_workdir, methods)
+    frontier_plan.check_trained_source(config, source_workdir, tuple(methods))
   ladder = sorted(set(budgets))
-  return reference, [
-    point(method, budget, seed)
+  return planner.reference, [
+    planner.point(method, budget, seed, settings)
     for budget in ladder
-    for seed in (top_seeds if budget == ladder[-1] else seeds)
+    for seed in _seeds_at(budget, ladder, seeds, top_seeds, multi_seed_from)
     for method in methods
+    for settings in grid.trials(method)
   ]
 
 
-def _check_trained_source(
-  config: ml_collections.ConfigDict, workdir: str, methods: Sequence[str]
-) -> None:
-  """Raises unless ``workdir`` holds a finished source run that ``config`` can build on."""
-  if not os.path.exists(os.path.join(workdir, "eval", "metrics.json")):
-    raise FileNotFoundError(
-      f"source_workdir={workdir!r} holds no finished run (no eval/metrics.json): train a "
-      "source there first (launch/train.py --config.mode=source) or fix the path"
-    )
-  for method in set(methods) & set(arms.FROM_SOURCE):
-    warmstart.check_sources(arms.mode_config(config, method, workdir))
+def _seeds_at(
+  budget: float,
+  ladder: Sequence[float],
+  seeds: Sequence[int],
+  top_seeds: Sequence[int],
+  multi_seed_from: float | None,
+) -> Sequence[int]:
+  """``top_seeds`` at the largest budget and from ``multi_seed_from`` on, else ``seeds``."""
+  return top_seeds if budget >= min(multi_seed_from or math.inf, max(ladder)) else seeds
 
 
 def _record(point: Point, metrics: dict, source: dict | None) -> dict:
@@ -173,7 +138,9 @@ def _record(point: Point, metrics: dict, source: dict | None) -> dict:
     "train_flops": metrics["train_flops"],
     "steps": metrics["final_step"]["step"],
     "seed": point.seed,
+    "settings": dict(point.settings),
     "bits_per_dim": {k: metrics["bits_per_dim"][k] for k in ("mean", "per_task")},
+    "val_bits_per_dim": metrics.get("val_bits_per_dim", {}).get("mean", math.nan),
     "wall_s": metrics["wall_s"],
   }
   if source is not None:
@@ -183,6 +150,79 @@ def _record(point: Point, metrics: dict, source: dict | None) -> dict:
     record["source_steps"] = source["final_step"]["step"]
     record["source_workdir"] = os.path.basename(point.source.workdir)
   return record
+
+
+class _Runner:
+  """Trains (or reuses) points once each, logging "point k/N" with an ETA; or, with
+  ``train=False``, reports finished ones and names the rest as missing."""
+
+  def __init__(self, total: int, train: bool):
+    self.total, self.train = total, train
+    self.records: dict[str, dict | None] = {}
+    self.missing: list[str] = []
+    self._trained_s: list[float] = []
+
+  def __call__(self, point: Point) -> dict | None:
+    name = os.path.basename(point.workdir)
+    if name not in self.records:
+      self.records[name] = self._run(point, name)
+    return self.records[name]
+
+  def _run(self, point: Point, name: str) -> dict | None:
+    runs = [p for p in (point.source, point) if p is not None]
+    to_train = any(arms.finished_metrics(p.config, p.workdir) is None for p in runs)
+    if to_train and not self.train:
+      self.missing.append(name)
+      return None
+    if to_train:
+      done, spent = len(self._trained_s), sum(self._trained_s)
+      left = self.total - len(self.records)
+      eta = f" (ETA {left * spent / done / 60:.0f} min)" if done else ""
+      logging.info("point %d/%d: %s%s", len(self.records) + 1, self.total, name, eta)
+    start = time.time()
+    source = None
+    if point.source is not None:
+      source = arms.run_arm(point.source.config, point.source.workdir)
+    record = _record(point, arms.run_arm(point.config, point.workdir), source)
+    if to_train:
+      self._trained_s.append(time.time() - start)
+    return record
+
+
+def _tune(
+  runner: _Runner, by_key: dict, methods: Sequence[str], tuned: Sequence[float], seed_of, grid
+) -> tuple[dict, list[dict]]:
+  """({(method, tuned budget): chosen settings}, the trials' records) by validation."""
+  chosen, trials_record = {}, []
+  for budget in tuned:
+    seed = seed_of(budget)
+    for method in methods:
+      trials = grid.trials(method)
+      runs = {s: runner(by_key[(method, budget, seed, s)]) for s in trials}
+      if len(trials) == 1:  # Nothing to choose.
+        chosen[(method, budget)] = trials[0]
+        continue
+      if any(r is None for r in runs.values()):
+        continue  # Report only, trials unfinished: its points are missing.
+      choice = tuning.select({s: r["val_bits_per_dim"] for s, r in runs.items()})
+      chosen[(method, budget)] = choice
+      trials_record.append(
+        {
+          "method": method,
+          "budget": budget,
+          "seed": seed,
+          "chosen": dict(choice),
+          "trials": [
+            {
+              "settings": dict(s),
+              "val_bits_per_dim": r["val_bits_per_dim"],
+              "test_bits_per_dim": r["bits_per_dim"]["mean"],
+            }
+            for s, r in runs.items()
+          ],
+        }
+      )
+  return chosen, trials_record
 
 
 def frontier(
@@ -197,35 +237,51 @@ def frontier(
   distill_weight: float = arms.DISTILL_WEIGHT,
   source_workdir: str = "",
   train: bool = True,
+  grid: tuning.Grid = tuning.UNTUNED,
+  tune_budgets: Sequence[float] = (),
+  multi_seed_from: float | None = None,
 ) -> dict:
-  """Trains (or reuses) every point; writes frontier.{json,md,png} and returns the json.
+  """Tunes, trains (or reuses) every point; writes frontier.{json,md,png}; returns the json.
 
-  With ``source_workdir`` this is the amortised frontier (see ``schedule``). With
+  ``tune_budgets`` (default: every budget) are where ``grid``'s trials run. With
+  ``source_workdir`` this is the amortised frontier (``frontier_plan``). With
   ``train=False`` nothing trains: the report holds the finished points and lists the
   others under ``missing`` (a look at a frontier still running elsewhere).
   """
+  ladder = sorted(set(budgets))
+  tuned = sorted(set(tune_budgets or ladder))
+  if not set(tuned) <= set(ladder):
+    raise ValueError(f"tune_budgets {sorted(set(tuned) - set(ladder))} are not on the ladder")
   reference, points = schedule(
     config,
     workdir,
-    budgets,
+    ladder,
     seeds,
     top_seeds,
     methods,
     source_share,
     distill_weight,
     source_workdir,
+    grid,
+    multi_seed_from,
   )
-  records, missing = [], []
-  for point in points:
-    runs = [p for p in (point.source, point) if p is not None]
-    if not train and any(arms.finished_metrics(p.config, p.workdir) is None for p in runs):
-      missing.append(os.path.basename(point.workdir))
-      continue
-    source = None
-    if point.source is not None:
-      source = arms.run_arm(point.source.config, point.source.workdir)
-    metrics = arms.run_arm(point.config, point.workdir)
-    records.append(_record(point, metrics, source))
+  by_key = {(p.method, p.budget, p.seed, p.settings): p for p in points}
+  seeds_at = lambda b: _seeds_at(b, ladder, seeds, top_seeds, multi_seed_from)
+  tuning_runs = sum(len(grid.trials(m)) for m in methods) * len(tuned)
+  finals = sum(len(seeds_at(b)) - 1 for b in ladder) * len(methods)
+  runner = _Runner(tuning_runs + finals + len(methods) * (len(ladder) - len(tuned)), train)
+  chosen, trials_record = _tune(runner, by_key, methods, tuned, lambda b: seeds_at(b)[0], grid)
+  records = []
+  for budget in ladder:
+    for seed in seeds_at(budget):
+      for method in methods:
+        settings = chosen.get((method, tuning.nearest_tuned(budget, tuned)))
+        if settings is None:
+          runner.missing.append(f"{method}_b{budget:g}_seed{seed} (tuning unfinished)")
+          continue
+        record = runner(by_key[(method, budget, seed, settings)])
+        if record is not None:
+          records.append(record)
   result = {
     "dataset": config.data.name,
     "command": command,
@@ -234,8 +290,11 @@ def frontier(
     "lambda_source": config.lambda_source,
     "source_share": source_share,
     "distill_weight": distill_weight,
+    "grid": {k: list(v) for k, v in dataclasses.asdict(grid).items()},
+    "tuned_budgets": tuned,
+    "tuning": trials_record,
     "points": records,
-    "missing": missing,
+    "missing": runner.missing,
   }
   if source_workdir:
     with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
@@ -248,3 +307,23 @@ def frontier(
     }
   frontier_report.write(result, workdir)
   return result
+
+
+def extend_until_converged(
+  run: Callable[[Sequence[float]], dict], budgets: Sequence[float], max_budget: float
+) -> dict:
+  """Runs ``run(ladder)``, doubling the ladder's top until the best baseline converges.
+
+  Converged: the validation bits/dim of the best method other than projectable at the
+  top budget gains less than ``stats.CONVERGED_GAIN`` over the last doubling
+  (``frontier_report.baseline_convergence``), or the next doubling would pass
+  ``max_budget``. Finished points are reused, so each extension trains only the new rung.
+  """
+  ladder = sorted(set(budgets))
+  while True:
+    result = run(ladder)
+    _, converged = frontier_report.baseline_convergence(result)
+    if converged or 2 * ladder[-1] > max_budget:
+      return result
+    ladder.append(2 * ladder[-1])
+    logging.info("best baseline still improving: extending the ladder to %gx", ladder[-1])

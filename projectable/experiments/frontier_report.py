@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from projectable.experiments import arms
+from projectable.experiments import arms, stats
 
 
 def write(result: dict, workdir: str) -> None:
@@ -59,6 +59,7 @@ def merge(results: Sequence[dict]) -> dict:
   merged = {key: first[key] for key in _SHARED}
   merged["command"] = "\n".join(r["command"] for r in results if r["command"])
   merged["points"] = [p for r in results for p in r["points"]]
+  merged["tuning"] = [t for r in results for t in r.get("tuning", [])]
   merged["missing"] = [m for r in results for m in r.get("missing", [])]
   if lambdas:
     merged["lambda_source"] = lambdas.pop()
@@ -75,12 +76,114 @@ def _grouped(points: list[dict]) -> dict[str, dict[float, list[dict]]]:
   return groups
 
 
+def _test(runs: list[dict]) -> list[float]:
+  """Test bits/dim of each seed's run."""
+  return [r["bits_per_dim"]["mean"] for r in runs]
+
+
 def _bits_cell(runs: list[dict]) -> str:
-  """Mean test bits/dim over seeds, with the std and seed count when there are several."""
-  values = [r["bits_per_dim"]["mean"] for r in runs]
+  """Mean test bits/dim over seeds, with the sample std and seed count when there are several."""
+  values = _test(runs)
   if len(values) == 1:
     return f"{values[0]:.4f}"
-  return f"{np.mean(values):.4f} ± {np.std(values):.4f} ({len(values)} seeds)"
+  return f"{np.mean(values):.4f} ± {stats.sample_std(values):.4f} ({len(values)} seeds)"
+
+
+def _settings_cell(runs: list[dict]) -> str:
+  """The tuned settings the runs trained with (the config's own when none)."""
+  settings = runs[0].get("settings") or {}
+  return ", ".join(f"{k} {v:g}" for k, v in sorted(settings.items())) or "config"
+
+
+def _val_curve(by_budget: dict[float, list[dict]]) -> dict[float, float]:
+  """{budget: mean validation bits/dim over seeds} of one method."""
+  return {
+    b: float(np.mean([r.get("val_bits_per_dim", np.nan) for r in rs]))
+    for b, rs in by_budget.items()
+  }
+
+
+def baseline_convergence(result: dict) -> tuple[str | None, bool]:
+  """(the best baseline at the top budget by validation, whether its curve has converged).
+
+  Baselines are the methods other than projectable and its rank-0 control.
+  """
+  groups = _grouped(result["points"])
+  baselines = {m: g for m, g in groups.items() if not m.startswith("projectable")}
+  if not baselines:
+    return None, False
+  top = max(b for g in baselines.values() for b in g)
+  at_top = {m: _val_curve(g)[top] for m, g in baselines.items() if top in g}
+  best = min(at_top, key=at_top.__getitem__)
+  return best, stats.converged(_val_curve(baselines[best]))
+
+
+def _significance(groups: dict[str, dict[float, list[dict]]]) -> list[str]:
+  """Table lines: projectable against the best other method at each multi-seed budget."""
+  ours = groups.get("projectable", {})
+  lines = []
+  for budget, runs in sorted(ours.items()):
+    others = {m: g[budget] for m, g in groups.items() if m != "projectable" and budget in g}
+    others = {m: rs for m, rs in others.items() if len(rs) > 1}
+    if len(runs) < 2 or not others:
+      continue
+    best = min(others, key=lambda m: np.mean(_test(others[m])))
+    a, b = _test(runs), _test(others[best])
+    lines.append(
+      f"| {budget:g}x | {best} | {np.mean(a) - np.mean(b):+.4f} | {stats.welch_p(a, b):.3g} "
+      f"| projectable {stats.verdict(a, b)} |"
+    )
+  if not lines:
+    return []
+  return [
+    "",
+    "## Projectable against the best other method (Welch's t-test on test bits/dim)",
+    "",
+    "| budget | best other | difference | p | verdict (p < 0.05) |",
+    "|---|---|---|---|---|",
+    *lines,
+  ]
+
+
+def _convergence(groups: dict[str, dict[float, list[dict]]], best: str | None) -> list[str]:
+  """Table lines: each method's validation gain per doubling of budget."""
+  gains = {m: stats.doubling_gains(_val_curve(g)) for m, g in groups.items()}
+  budgets = sorted({b for g in gains.values() for b in g})
+  if not budgets:
+    return []
+  lines = [
+    "",
+    "## Validation gain per doubling of budget (converged below "
+    f"{stats.CONVERGED_GAIN:.0%}; best baseline at the top: {best})",
+    "",
+    "| method | " + " | ".join(f"to {b:g}x" for b in budgets) + " |",
+    "|---" * (len(budgets) + 1) + "|",
+  ]
+  for method, by_budget in gains.items():
+    cells = [f"{by_budget[b]:.1%}" if b in by_budget else "" for b in budgets]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _tuning(trials: list[dict]) -> list[str]:
+  """Table lines: every trial's validation bits/dim, the chosen one in bold."""
+  if not trials:
+    return []
+  lines = [
+    "",
+    "## Tuning: validation bits/dim of every trial (chosen in bold; test never chooses)",
+    "",
+    "| method | budget | trials |",
+    "|---|---|---|",
+  ]
+  for t in trials:
+    cells = []
+    for trial in t["trials"]:
+      name = ", ".join(f"{k} {v:g}" for k, v in sorted(trial["settings"].items()))
+      cell = f"{name}: {trial['val_bits_per_dim']:.4f}"
+      cells.append(f"**{cell}**" if trial["settings"] == t["chosen"] else cell)
+    lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + " |")
+  return lines
 
 
 def _steps_cell(runs: list[dict]) -> str:
@@ -133,37 +236,47 @@ def markdown(result: dict) -> str:
   if result.get("missing"):
     lines += ["", f"Not finished, left out: {', '.join(result['missing'])}."]
   for title, cell in (
-    ("Test bits/dim (mean ± std over seeds)", _bits_cell),
+    ("Test bits/dim (mean ± sample std over seeds)", _bits_cell),
     ("Steps (methods built on a source: source + own)", _steps_cell),
+    ("Settings (chosen on validation at the nearest tuned budget)", _settings_cell),
   ):
     lines += ["", f"## {title}", "", header, rule]
     for method, by_budget in groups.items():
       cells = [cell(by_budget[b]) if b in by_budget else "" for b, _ in budgets]
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  lines += _significance(groups)
+  lines += _convergence(groups, baseline_convergence(result)[0])
+  lines += _tuning(result.get("tuning", []))
   return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: str) -> None:
-  """Test bits/dim against training FLOPs (log x), one line per method, seed std as bars."""
-  fig = Figure(figsize=(7.0, 4.5))
-  ax = fig.add_subplot()
-  for method, by_budget in _grouped(result["points"]).items():
-    runs = [by_budget[b] for b in sorted(by_budget)]
-    ax.errorbar(
-      [np.mean([r["train_flops"] for r in rs]) for rs in runs],
-      [np.mean([r["bits_per_dim"]["mean"] for r in rs]) for rs in runs],
-      yerr=[np.std([r["bits_per_dim"]["mean"] for r in rs]) for rs in runs],
-      marker="o",
-      capsize=3,
-      label=method,
-    )
-  ax.set_xscale("log")
+  """Test bits/dim against training FLOPs and against measured training seconds (log x),
+  one line per method, the seeds' sample std as bars."""
+  fig = Figure(figsize=(12.0, 4.5))
   amortised = "trained_source" in result
-  ax.set_xlabel("own training FLOPs (source apart)" if amortised else "training FLOPs")
-  ax.set_ylabel("test bits/dim")
-  ax.set_title(f"{result['dataset']}: test bits/dim against training FLOPs")
-  ax.grid(alpha=0.3, which="both")
-  if result["points"]:  # A report of unfinished points only has no lines to name.
-    ax.legend(fontsize="small")
+  panels = (
+    ("train_flops", "own training FLOPs (source apart)" if amortised else "training FLOPs"),
+    ("wall_s", "measured training seconds on this machine"),
+  )
+  for i, (key, label) in enumerate(panels):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for method, by_budget in _grouped(result["points"]).items():
+      runs = [_test(by_budget[b]) for b in sorted(by_budget)]
+      ax.errorbar(
+        [np.mean([r[key] for r in by_budget[b]]) for b in sorted(by_budget)],
+        [np.mean(values) for values in runs],
+        yerr=[stats.sample_std(values) if len(values) > 1 else 0.0 for values in runs],
+        marker="o",
+        capsize=3,
+        label=method,
+      )
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("test bits/dim")
+    ax.grid(alpha=0.3, which="both")
+    if result["points"]:  # A report of unfinished points only has no lines to name.
+      ax.legend(fontsize="small")
+  fig.suptitle(f"{result['dataset']}: test bits/dim against training compute")
   fig.tight_layout()
   fig.savefig(path, dpi=100)

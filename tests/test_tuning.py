@@ -1,0 +1,132 @@
+"""Equal tuning on validation, Welch's test and the ladder-extension rule of the frontier."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from projectable import data as data_lib
+from projectable.experiments import arms, frontier, stats, tuning
+
+
+class _Disagreeing:
+  """Stands in for training: validation prefers learning rate 1e-3, test prefers 8e-3."""
+
+  def __init__(self, config):
+    self.data = data_lib.load(config.data)
+
+  def __call__(self, config, workdir):
+    lr, steps = config.train.learning_rate, config.train.num_steps
+    val = 2.0 + abs(math.log(lr / 1e-3)) + config.seed * 1e-3
+    test = 2.0 + abs(math.log(lr / 8e-3)) + config.seed * 1e-3
+    metrics = {
+      "bits_per_dim": {"mean": test, "per_task": {}},
+      "val_bits_per_dim": {"mean": val},
+      "final_step": {"step": steps},
+      "train_flops": steps * arms.step_flops(config, self.data),
+    }
+    os.makedirs(os.path.join(workdir, "eval"))
+    with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+      json.dump(metrics, f)
+    return metrics
+
+
+def test_tuning_selects_validations_choice_when_test_disagrees(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _Disagreeing(tiny_config))
+  grid = tuning.Grid(learning_rates=(1e-3, 8e-3), dropouts=(0.0, 0.1))
+  result = frontier.frontier(
+    tiny_config,
+    str(tmp_path),
+    (0.5, 1.0),
+    seeds=[0],
+    top_seeds=[0, 1],
+    methods=("universal", "projectable_rank0"),
+    grid=grid,
+    tune_budgets=(1.0,),
+  )
+  # Tuned at 1 only: 4 trials per method, all recorded with their validation figures.
+  assert [(t["method"], t["budget"]) for t in result["tuning"]] == [
+    ("universal", 1.0),
+    ("projectable_rank0", 1.0),
+  ]
+  for t in result["tuning"]:
+    assert len(t["trials"]) == 4 and t["chosen"]["learning_rate"] == 1e-3
+    assert {trial["val_bits_per_dim"] for trial in t["trials"]} == {2.0, 2.0 + math.log(8)}
+  # Every point, the untuned budget 1/2 and seed 1 included, trains the validation choice.
+  assert len(result["points"]) == 2 * (1 + 2)
+  for p in result["points"]:
+    assert p["settings"]["learning_rate"] == 1e-3, p
+    assert p["bits_per_dim"]["mean"] == pytest.approx(2.0 + math.log(8) + p["seed"] * 1e-3)
+  trained = sorted(os.listdir(tmp_path))
+  assert "universal_b0.5_do0_lr0.001_seed0" in trained  # Settings from the nearest tuned.
+  assert "universal_b0.5_do0_lr0.008_seed0" not in trained
+  md = (tmp_path / "frontier.md").read_text()
+  assert "**dropout 0, learning_rate 0.001: 2.0000**" in md
+
+
+def test_rank0_control_projects_with_no_task_conditioned_part(tiny_config):
+  config = arms.mode_config(tiny_config, "projectable_rank0", "")
+  assert config.mode == "projectable" and config.projector.rank == 0
+  assert arms.mode_config(tiny_config, "projectable", "").projector.rank == 2
+
+
+def test_every_method_gets_the_same_trials_and_controls_on_a_source_more():
+  grid = tuning.Grid(source_shares=tuning.DEFAULT_SOURCE_SHARES)
+  counts = {m: len(grid.trials(m)) for m in frontier.ARMS}
+  assert {counts[m] for m in frontier.ARMS if m not in arms.FROM_SOURCE} == {8}
+  assert {counts[m] for m in arms.FROM_SOURCE} == {24}
+  lrs = tuning.DEFAULT_LEARNING_RATES
+  assert len(lrs) >= 4 and max(lrs) / min(lrs) >= 16 - 1e-9
+
+
+def test_untuned_budgets_take_the_nearest_tuned_one_on_a_log_scale():
+  assert tuning.nearest_tuned(1 / 8, (1 / 16, 1, 16)) == 1 / 16
+  assert tuning.nearest_tuned(1 / 4, (1 / 16, 1, 16)) == 1 / 16  # A tie: the cheaper one.
+  assert tuning.nearest_tuned(4, (1 / 16, 1, 16)) == 1
+  assert tuning.nearest_tuned(8, (1 / 16, 1, 16)) == 16
+
+
+def test_welch_p_on_a_worked_example():
+  # Welch's t-test article's first example (Wikipedia): t = -2.46, dof = 24.99, p = 0.021.
+  a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+  b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+  assert stats.welch_p(a, b) == pytest.approx(0.021378, abs=1e-5)
+  assert stats.verdict(a, b) == "wins"  # Lower is better, p < 0.05.
+  assert stats.verdict([1.0, 1.1, 0.9], [1.05, 1.0, 1.1]) == "no significant difference"
+  assert math.isnan(stats.welch_p([1.0], b))
+  assert stats.sample_std([2.0, 2.2]) == pytest.approx(0.1 * math.sqrt(2))
+
+
+def test_ladder_extension_rule_on_a_synthetic_curve():
+  # Gains 10%, 5%, 2%, 0.5% per doubling: converged only once the last doubling gains < 1%.
+  curve = {1.0: 2.0, 2.0: 1.8, 4.0: 1.71, 8.0: 1.6758, 16.0: 1.667421}
+  gains = stats.doubling_gains(curve)
+  assert [round(gains[b], 4) for b in (2, 4, 8, 16)] == [0.1, 0.05, 0.02, 0.005]
+  assert stats.converged(curve) and not stats.converged({b: curve[b] for b in (1, 2, 4, 8)})
+  assert stats.converged({1.0: 2.0, 2.0: 2.1})  # Validation turned up.
+  assert not stats.converged({1.0: 2.0})
+
+
+def test_extend_until_converged_doubles_only_until_the_best_baseline_flattens():
+  def val(method, budget):  # universal flattens from 8x on; projectable keeps improving.
+    return 3.0 - 0.5 * np.log2(min(budget, 8.0)) if method == "universal" else 2.0 / budget
+
+  ladders = []
+
+  def run(ladder):
+    ladders.append(list(ladder))
+    return {
+      "points": [
+        {"method": m, "budget": b, "val_bits_per_dim": val(m, b), "bits_per_dim": {"mean": 0}}
+        for m in ("projectable", "universal")
+        for b in ladder
+      ]
+    }
+
+  frontier.extend_until_converged(run, [1.0, 2.0], max_budget=64)
+  assert ladders[-1] == [1.0, 2.0, 4.0, 8.0, 16.0]  # 8 -> 16 gains nothing: stop there.
+  ladders.clear()
+  frontier.extend_until_converged(run, [1.0, 2.0], max_budget=4)
+  assert ladders[-1] == [1.0, 2.0, 4.0]  # The cap wins.
