@@ -1,4 +1,4 @@
-"""One-shot export (launch/export.py), TFLite conversion and launch/sample.py on a tiny run."""
+"""Export (launch/export.py), TFLite conversion and on-device decoding, launch/sample.py."""
 
 import dataclasses
 import json
@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import digits
 from projectable import data
-from projectable.core import model, projector
+from projectable.core import decode, model, projector, sampling
 from projectable.experiments.run import train_and_evaluate
 from projectable.specialists import emission, export, images, tflite
 from projectable.specialists.artifact import load_specialist, save_specialist
@@ -141,9 +141,66 @@ def test_tflite_logits_match_jax(workdir, tmp_path, digit3_test_tokens):
     "saved_model",
   ]
   specialist, _ = load_specialist(str(out / "3"))
-  tokens = digit3_test_tokens[:8]
-  litert = tflite.litert_logits(str(out / "3" / tflite.TFLITE_FILE), tokens)
-  np.testing.assert_allclose(litert, np.asarray(specialist.logits(tokens)), atol=1e-4, rtol=0)
+  path = str(out / "3" / tflite.TFLITE_FILE)
+  assert tflite.signature_batch(path) == tflite.DEFAULT_BATCH == 8
+  tokens = digit3_test_tokens[:10]  # Batched: one full batch of 8 and one padded.
+  expected = np.asarray(specialist.logits(tokens))
+  litert = tflite.litert_logits(path, tokens[:3])
+  np.testing.assert_allclose(litert, expected[:3], atol=1e-4, rtol=0)
+  batched = tflite.litert_batched_logits(path, tokens)
+  np.testing.assert_allclose(batched, expected, atol=1e-4, rtol=0)
+  stepped = tflite.litert_decode_logits(path, tokens[:8])
+  np.testing.assert_allclose(stepped, expected[:8], atol=1e-4, rtol=0)
+  # On-device sampling through the decode signature draws the exported specialist's JAX samples.
+  for temperature in (0.0, 1.0):
+    jax_tokens = np.asarray(specialist.sample(8, seed=5, temperature=temperature))
+    litert_tokens = tflite.litert_sample(path, seed=5, temperature=temperature)
+    np.testing.assert_array_equal(litert_tokens, jax_tokens)
+  assert len(np.unique(litert_tokens)) > 3  # Real draws at temperature 1.
+
+
+SHARP = model.ModelConfig(17, 64, 0, 16, 2, 32, 2)  # The tiny specialist's shape.
+
+
+@pytest.fixture(scope="module")
+def sharp_tflite(tmp_path_factory):
+  """(params, model.tflite path) of random weights of scale ~1 (decisive logits), batch 3."""
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(lambda: model.init_params(SHARP, jax.random.key(0)))
+  params = jax.tree_util.tree_map_with_path(
+    lambda p, x: np.float32(rng.normal(float("scale" in jax.tree_util.keystr(p)), 0.5, x.shape)),
+    shapes,
+  )
+  return params, tflite.convert(SHARP, params, str(tmp_path_factory.mktemp("sharp")), batch=3)
+
+
+def test_jax_decode_step_is_the_full_forward():
+  params = model.init_params(SHARP, jax.random.key(1))
+  tokens = np.random.default_rng(1).integers(0, 17, (2, 64), dtype=np.int32)
+  stepped = decode.teacher_forced_logits(SHARP, params, tokens)
+  np.testing.assert_allclose(stepped, model.apply(SHARP, params, tokens), atol=1e-5, rtol=0)
+
+
+def test_tflite_decode_logits_match_jax_at_every_position(sharp_tflite):
+  params, path = sharp_tflite
+  tokens = np.random.default_rng(2).integers(0, 17, (3, 64), dtype=np.int32)
+  expected = np.asarray(model.apply(SHARP, params, tokens))
+  np.testing.assert_allclose(tflite.litert_decode_logits(path, tokens), expected, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    tflite.litert_batched_logits(path, np.concatenate([tokens, tokens[:2]])),
+    np.concatenate([expected, expected[:2]]),
+    atol=1e-4,
+    rtol=0,
+  )
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tflite_decode_sampling_matches_jax_sampling(sharp_tflite, temperature):
+  params, path = sharp_tflite
+  litert_tokens = tflite.litert_sample(path, seed=3, temperature=temperature)
+  jax_tokens = sampling.sample(SHARP, params, 3, jax.random.key(3), temperature=temperature)
+  np.testing.assert_array_equal(litert_tokens, np.asarray(jax_tokens))
+  assert len(np.unique(litert_tokens)) > 3  # Real draws, not a constant sequence.
 
 
 def test_tflite_of_a_bfloat16_specialist_computes_in_float32(tmp_path):

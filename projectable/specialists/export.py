@@ -5,8 +5,9 @@
 specialists in one jitted, vmapped call (``emission.emit_specialists``), scores
 each on its task's test images and writes ``out/<task>/`` with
 ``specialist.save_specialist`` (Orbax weights + ``config.json``). The ``tflite``
-format also writes ``model.tflite`` and ``saved_model/`` there
-(``projectable/tflite.py``). Nothing is overwritten unless asked.
+format also writes ``model.tflite`` (signatures ``serving_default``, ``logits``
+and the KV-cached ``decode``) and ``saved_model/`` there (``specialists/tflite.py``).
+Nothing is overwritten unless asked.
 
 A projectable run also emits specialists of class sets that were never training
 tasks (``tasks='pair38:3,8'``): the set becomes a task of the run's data, so its
