@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from projectable.experiments import config_names
 from projectable.training.checkpoints import DamagedCheckpointError
 from projectable.training.workdir_lock import WorkdirBusyError
 
@@ -38,7 +39,12 @@ def _fail(status: int, message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, a bad flag or ``--config.<field>`` override as one line."""
+  """absl's flag parsing, a bad flag or ``--config.<field>`` override as one line; a
+  shipped config may be named (``--config=digits:tiny``, ``experiments.config_names``)."""
+  try:
+    argv = config_names.resolve_argv(argv)
+  except ValueError as e:
+    _fail(USER_ERROR, f"error: {e}")
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

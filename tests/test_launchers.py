@@ -1,0 +1,131 @@
+"""The packaged entry points: config names, one launcher module per command, thin
+``launch/`` wrappers, and ``sample --model`` (issue 31)."""
+
+import ast
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+from absl import app
+
+from projectable.experiments import cli, config_names
+from projectable.training import restore
+from projectable.training.modes import make_method
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(REPO, "pyproject.toml"), "rb") as _f:
+  PYPROJECT = tomllib.load(_f)
+SCRIPTS = PYPROJECT["project"]["scripts"]
+
+
+def test_a_shipped_config_is_addressable_by_name_and_a_path_stays_a_path():
+  path = config_names.resolve("digits")
+  assert os.path.samefile(path, os.path.join(REPO, "configs", "digits.py"))  # The one copy.
+  assert config_names.resolve("fashion_mnist:tiny") == (
+    f"{config_names.resolve('fashion_mnist')}:tiny"
+  )
+  assert config_names.resolve("configs/digits.py:tiny") == "configs/digits.py:tiny"
+  assert config_names.resolve("my_config.py") == "my_config.py"
+  assert config_names.names() == ["digits", "fashion_mnist"]
+
+
+def test_both_flag_forms_are_resolved_and_nothing_else():
+  argv = ["prog", "--config=digits:tiny", "--workdir=digits", "--config", "fashion_mnist"]
+  resolved = config_names.resolve_argv(argv)
+  assert resolved[1] == f"--config={config_names.resolve('digits')}:tiny"
+  assert resolved[2] == "--workdir=digits"
+  assert resolved[4] == config_names.resolve("fashion_mnist")
+  assert config_names.resolve_argv(["prog", "--config.mode=universal"]) == [
+    "prog",
+    "--config.mode=universal",
+  ]
+
+
+def test_an_unknown_config_name_is_one_line_and_exit_status_2(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["projectable-train", "--config=digitz:tiny"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(lambda argv: pytest.fail("main ran"))
+  assert exit_info.value.code == cli.USER_ERROR
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: --config=digitz:tiny: no shipped config named 'digitz'")
+  assert "['digits', 'fashion_mnist']" in err[-1]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_command_ends_in_cli_run_and_has_a_launch_wrapper(script):
+  module, _, func = SCRIPTS[script].partition(":")
+  name = module.rpartition(".")[2]
+  assert script == f"projectable-{name.replace('_', '-')}" and func == "run"
+  with open(os.path.join(REPO, *module.split(".")) + ".py") as f:
+    tree = ast.parse(f.read())
+  run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
+  # launchers.serve(__name__, main) is cli.run(main) after quieting the libraries' logs.
+  assert ast.unparse(run.body[-1]) == "launchers.serve(__name__, main)"
+  with open(os.path.join(REPO, "launch", f"{name}.py")) as f:
+    wrapper = f.read()
+  assert f"from {module} import main, run" in wrapper and len(wrapper.splitlines()) < 20
+
+
+def test_serve_is_cli_run_with_library_logs_quieted(monkeypatch):
+  from projectable import launchers
+  from projectable.training import log_filters
+
+  calls = []
+  monkeypatch.setattr(cli, "run", lambda main: calls.append(main))
+  monkeypatch.setattr(log_filters, "quiet_library_logs", lambda: calls.append("quiet"))
+  main = lambda argv: None
+  launchers.serve(__name__, main)
+  assert calls == ["quiet", main]
+
+
+@pytest.fixture(scope="module")
+def runs(load_digits):
+  """Untrained runs of two modes (a Run as ``restore.load_run`` returns it)."""
+  from configs import digits
+
+  out = {}
+  for mode in ("projectable", "universal"):
+    config = digits.get_config("tiny")
+    config.mode = mode
+    method = make_method(config, load_digits())
+    params = method.init(jax.random.key(0))
+    out[mode] = restore.Run(config, method, params, load_digits(), 0, "best")
+  return out
+
+
+def test_sample_model_chooses_the_specialist_or_the_source(runs):
+  from projectable.launchers import sample
+
+  run = runs["projectable"]
+  task_C = run.data.task_descriptors()[3]
+  cfg, weights, desc = sample._sampler(run, 3, task_C, None)  # Today's default.
+  assert cfg == run.method.small and desc is None
+  spec_cfg, spec_weights, spec_desc = sample._sampler(run, 3, task_C, "specialist")
+  assert spec_cfg == cfg and spec_desc is None
+  chex_equal = jax.tree.map(np.array_equal, weights, spec_weights)
+  assert all(jax.tree.leaves(chex_equal))
+  src_cfg, src_weights, src_desc = sample._sampler(run, 3, task_C, "source")
+  assert src_cfg == run.method.src and src_cfg.d > cfg.d
+  assert src_weights is run.params["source"]
+  np.testing.assert_array_equal(src_desc, task_C)
+
+
+@pytest.mark.parametrize("model", ["source", "specialist"])
+def test_sample_model_a_run_lacks_is_refused_naming_the_mode(runs, model):
+  from projectable.launchers import sample
+
+  run = runs["universal"]
+  with pytest.raises(ValueError, match=f"--model={model}: a universal run has no"):
+    sample._sampler(run, 3, run.data.task_descriptors()[3], model)
+
+
+def test_sample_model_goes_with_workdir_only(tmp_path, run_launcher):
+  with pytest.raises(app.UsageError, match="--model go with --workdir"):
+    run_launcher(
+      "sample",
+      [f"--specialist={tmp_path}", "--model=source", f"--out={tmp_path / 'g.png'}"],
+    )
