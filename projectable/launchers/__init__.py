@@ -5,9 +5,11 @@ console script, which ends in ``cli.run(main)``; ``launch/<name>.py`` wraps the 
 
 Importing this package prepares the process for command-line use, before any launcher
 imports TensorFlow (TFLite conversion, TensorBoard writers): TensorFlow's C++ logs below
-errors and its Python warnings are dropped. ``TF_CPP_MIN_LOG_LEVEL`` becomes 2 when unset
-or 1, which JAX's import sets when it is unset and which still lets TF print INFO lines;
-any other value a user sets (0 to see everything) is kept.
+errors (the converter's warnings) and its Python warnings are dropped.
+``TF_CPP_MIN_LOG_LEVEL`` becomes 2 when unset or 1, which JAX's import sets when it is unset
+and which still lets TF print INFO lines; any other value a user sets (0 to see everything)
+is kept. The two INFO lines TF prints as it loads (oneDNN) ignore a level set inside the
+process: set it in the shell to drop them too.
 """
 
 from __future__ import annotations
