@@ -129,3 +129,18 @@ def test_sample_model_goes_with_workdir_only(tmp_path, run_launcher):
       "sample",
       [f"--specialist={tmp_path}", "--model=source", f"--out={tmp_path / 'g.png'}"],
     )
+
+
+def test_compare_refuses_a_bad_config_value_before_any_run(tmp_path, run_launcher):
+  config = os.path.join(REPO, "configs", "digits.py") + ":tiny"
+  args = [f"--config={config}", f"--workdir={tmp_path / 'c'}", "--config.train.learning_rate=-1"]
+  with pytest.raises(ValueError, match=r"config\.train\.learning_rate=-1\.0 is invalid"):
+    run_launcher("compare", args)
+  assert not os.path.exists(tmp_path / "c")
+
+
+def test_evaluate_refuses_a_bad_config_value_naming_the_field(tmp_path, run_launcher):
+  config = os.path.join(REPO, "configs", "digits.py") + ":tiny"
+  args = [f"--specialist={tmp_path}", f"--config={config}", "--config.data.levels=1"]
+  with pytest.raises(app.UsageError, match=r"config\.data\.levels=1"):
+    run_launcher("evaluate", args)

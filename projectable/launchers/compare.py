@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from projectable import launchers
 from projectable.experiments import arms, compare
-from projectable.training import host_memory, log_filters
+from projectable.training import host_memory, log_filters, validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_filters.quiet_library_logs()
+  validation.validate(FLAGS.config)  # A bad value is one line (exit 2) before any run starts.
   host_memory.retain_freed_memory()
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.sweep:

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from projectable import launchers
 from projectable.specialists import export
-from projectable.training import restore
+from projectable.training import restore, validation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("specialist", None, "An exported specialist directory (OUT/<task>).")
@@ -37,6 +37,8 @@ def main(argv: list[str]) -> None:
   if bool(FLAGS.workdir) == (FLAGS.config is not None):
     raise app.UsageError("give exactly one of --workdir or --config (where the data come from)")
   try:
+    if FLAGS.config is not None:
+      validation.validate(FLAGS.config)  # A bad value is one line naming the field.
     config = restore.read_config(FLAGS.workdir) if FLAGS.workdir else FLAGS.config
     scores = export.evaluate_specialist(FLAGS.specialist, config, FLAGS.classes)
   except (FileNotFoundError, ValueError) as e:
