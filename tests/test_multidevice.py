@@ -176,10 +176,10 @@ def worker(tmp_path_factory):
 
 
 def _losses(log_lines):
-  """{step: loss} from clu's LoggingWriter lines '[step] ..., loss=value, ...'."""
+  """{step: loss} from the console's step lines 'step 3/6 loss=value ...'."""
   out = {}
   for line in log_lines:
-    m = re.search(r"\[(\d+)\].*?\bloss=([-\d.e+]+)", line)
+    m = re.search(r"\bstep (\d+)/\d+ loss=([-\d.e+]+)", line)
     if m:
       out[int(m.group(1))] = float(m.group(2))
   return out

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     "--config.train.checkpoint_every=100000",
     "--config.train.eval_every=100000",
   )
-  assert _wait_until(proc, log, lambda: _logged(log, r"\[3\] .*loss="), poll=0.2)
+  assert _wait_until(proc, log, lambda: _logged(log, r"step 3/\d+ loss="), poll=0.2)
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=120)
   with open(log) as f:
@@ -102,7 +103,7 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
   log = str(tmp_path / "log1")  # 1. A seeded moment after a seeded step.
   proc = _launch(reference, log, "--fresh", *flags)
   step = int(rng.integers(1, 3))
-  assert _wait_until(proc, log, lambda: _logged(log, rf"\[{step}\] .*loss="), poll=0.01)
+  assert _wait_until(proc, log, lambda: _logged(log, rf"step {step}/\d+ loss="), poll=0.01)
   time.sleep(rng.uniform(0, 0.2))
   proc.kill()
   assert proc.wait() == -signal.SIGKILL
@@ -111,7 +112,7 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
     log, target = str(tmp_path / f"log{n}"), int(rng.integers(latest() + 1, 7))
     proc = _launch(workdir, log, *flags)
     # A step comes after the removal of the unfinished writes of the last kill.
-    assert _wait_until(proc, log, lambda f=log: _logged(f, r"\[\d\] .*loss="), poll=0.01)
+    assert _wait_until(proc, log, lambda f=log: _logged(f, r"step \d/\d+ loss="), poll=0.01)
     unfinished = os.path.join(ckpt_dir, f"{target}.orbax-checkpoint-tmp*")
     assert _wait_until(proc, log, lambda p=unfinished: glob.glob(p))
     proc.kill()
@@ -245,7 +246,7 @@ def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
   )
   with caplog.at_level(logging.INFO, logger="absl"):
     train_and_evaluate(tiny_config, workdir)
-  logged = dict(re.findall(r"\[(\d)\] .*skipped_steps=(\d)", caplog.text))
+  logged = dict(re.findall(r"step (\d)/\d+ .*skipped=(\d)", caplog.text))
   assert logged == {"1": "0", "2": "1", "3": "0", "4": "1", "5": "1", "6": "0"}
   states = _states(tiny_config, workdir, range(1, 7))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(states))
@@ -376,3 +377,27 @@ def test_following_the_restore_step_advice_twice_does_not_loop(tiny_config, tmp_
     assert train_and_evaluate(tiny_config, workdir)["final_step"]["step"] == 6
   aside = sorted(os.listdir(os.path.join(workdir, checkpoints.SET_ASIDE)))
   assert aside == ["6", "6-1"]  # Both damaged steps kept, none deleted.
+
+
+def test_a_failed_checkpoint_write_is_one_named_error_and_keeps_saved_steps(tmp_path):
+  """A write that runs out of room (here a file-size limit, as a full disk) names the
+  directory and the steps still intact, and those steps restore unchanged."""
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=3, clean=True)
+  ones = {"w": jnp.ones((128, 128))}  # Compressed, it fits in any limit below.
+  ckpts.save_state(1, ones)
+  ckpts.wait()
+  noise = {"w": jax.random.normal(jax.random.key(0), (128, 128))}  # Incompressible.
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes then fail with EFBIG.
+  try:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    with pytest.raises(checkpoints.CheckpointWriteError, match=r"steps \[1\] are intact") as e:
+      ckpts.save_state(2, noise)
+      ckpts.wait()
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous)
+  assert str(tmp_path / "checkpoints") in str(e.value) and "rerun" in str(e.value)
+  assert ckpts.latest_step() == 1
+  restored = ckpts.restore_state(jax.eval_shape(lambda: ones))
+  np.testing.assert_array_equal(restored["w"], ones["w"])

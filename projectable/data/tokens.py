@@ -12,6 +12,7 @@ per class from train. Each split is tokenised once, here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,19 @@ def quantise(images: np.ndarray, max_value: float, levels: int) -> np.ndarray:
   """Maps intensities in [0, max_value] to integer tokens in [0, levels - 1]."""
   scaled = np.asarray(images, np.float64) / max_value * (levels - 1)
   return np.clip(np.rint(scaled), 0, levels - 1).astype(np.int32)
+
+
+def tokens_to_images(
+  tokens_NxL: np.ndarray, image_shape: tuple[int, int, int], levels: int
+) -> np.ndarray:
+  """uint8 images (N, H, W, C) in 0..255 from tokens in 0..levels-1 (raster order)."""
+  tokens_NxL = np.asarray(tokens_NxL)
+  if levels < 2:
+    raise ValueError(f"levels must be at least 2, got {levels}")
+  if tokens_NxL.ndim != 2 or tokens_NxL.shape[1] != math.prod(image_shape):
+    raise ValueError(f"tokens of shape {tokens_NxL.shape} do not hold images {image_shape}")
+  scaled = np.rint(np.clip(tokens_NxL, 0, levels - 1) * (255.0 / (levels - 1)))
+  return scaled.astype(np.uint8).reshape(len(tokens_NxL), *image_shape)
 
 
 def check_downsample(factor: int, height: int, width: int, what: str) -> None:

@@ -5,32 +5,22 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from matplotlib.figure import Figure
 from PIL import Image
 
 from projectable.core import sampling
 from projectable.core.model import ModelConfig
 from projectable.data.records import TaskData
+from projectable.data.tokens import tokens_to_images
 from projectable.training.modes import Method
 
 SEPARATOR = 128  # Grey between tiles, distinct from black background and white ink.
-
-
-def tokens_to_images(
-  tokens_NxL: np.ndarray, image_shape: tuple[int, int, int], levels: int
-) -> np.ndarray:
-  """uint8 images (N, H, W, C) in 0..255 from tokens in 0..levels-1 (raster order)."""
-  tokens_NxL = np.asarray(tokens_NxL)
-  if levels < 2:
-    raise ValueError(f"levels must be at least 2, got {levels}")
-  if tokens_NxL.ndim != 2 or tokens_NxL.shape[1] != math.prod(image_shape):
-    raise ValueError(f"tokens of shape {tokens_NxL.shape} do not hold images {image_shape}")
-  scaled = np.rint(np.clip(tokens_NxL, 0, levels - 1) * (255.0 / (levels - 1)))
-  return scaled.astype(np.uint8).reshape(len(tokens_NxL), *image_shape)
 
 
 def grid_size(num: int, height: int, width: int, cols: int, scale: int) -> tuple[int, int]:
@@ -110,12 +100,17 @@ def write_pictures(
   series = {method.name: metrics["bits_per_dim"]["per_task"]}
   if "source_bits_per_dim" in metrics:
     series["source (joint)"] = metrics["source_bits_per_dim"]["per_task"]
+  chart = os.path.join(workdir, "eval", "bits_per_dim.png")
   save_bar_chart(
     series,
-    os.path.join(workdir, "eval", "bits_per_dim.png"),
+    chart,
     title=f"{data.name}: test bits/dim per task (step {metrics['step']})",
     ylabel="bits/dim",
   )
+  logging.info("wrote eval/bits_per_dim.png")
+  num = config.samples.num_per_task
+  logging.info("sampling %d images for each of %d tasks ...", num, data.num_tasks)
+  started = time.monotonic()
   descriptors = data.task_descriptors()
   key = jax.random.key(config.seed)
   for t, name in enumerate(data.task_names):
@@ -131,6 +126,8 @@ def write_pictures(
       data.levels,
       os.path.join(workdir, "samples", f"{name}.png"),
     )
+  took = time.monotonic() - started
+  logging.info("wrote samples/<task>.png: %d grids in %.1f s", data.num_tasks, took)
 
 
 def save_samples(

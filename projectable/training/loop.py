@@ -20,17 +20,18 @@ from typing import NamedTuple
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from projectable import data as data_lib
-from projectable.core.metrics import LN2
 from projectable.data import pipeline
 from projectable.training import (
   checkpoints,
+  console,
   preemption,
   profiling,
   sharding,
+  step_log,
+  summaries,
   validation,
   warmstart,
   workdir_guard,
@@ -47,45 +48,6 @@ def _scalars(prefix: str, evaluation: dict) -> dict[str, float]:
     for task, value in bpd["per_task"].items():
       out[f"{prefix}/{name}_bits_per_dim/{task}"] = value
   return out
-
-
-def _check_finite(step: int, metrics: dict) -> None:
-  for name, value in metrics.items():
-    if not math.isfinite(value):
-      raise FloatingPointError(
-        f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
-        "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
-        "rerun to resume from the last good checkpoint (or set config.train.nonfinite='skip')."
-      )
-
-
-class _SkipCounter:
-  """Steps skipped under ``train.nonfinite='skip'``, read at log steps (no per-step sync)."""
-
-  def __init__(self, limit: int):
-    self.limit = limit
-    self.consecutive = 0
-    self.pending: list[tuple[int, dict]] = []
-
-  def add(self, step: int, metrics: dict) -> None:
-    self.pending.append((step, metrics))
-
-  def check(self) -> int:
-    """Skipped steps since the last check; raises once ``limit`` steps in a row were skipped."""
-    skipped = 0
-    for step, metrics in jax.device_get(self.pending):
-      self.consecutive = self.consecutive + 1 if metrics["skipped"] else 0
-      skipped += bool(metrics["skipped"])
-      if self.consecutive >= self.limit:
-        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
-        raise FloatingPointError(
-          f"{self.consecutive} consecutive steps up to step {step} had a non-finite loss or "
-          f"gradient and were skipped (last: {bad}); config.train.max_skipped_steps="
-          f"{self.limit}. Weights and optimizer state are those before the skips, as is every "
-          "checkpoint. Lower config.train.learning_rate, then rerun to resume."
-        )
-    self.pending = []
-    return skipped
 
 
 def write_config(config: ml_collections.ConfigDict, data_fingerprint: dict, workdir: str) -> None:
@@ -112,32 +74,6 @@ def _apply_restore_step(
   ckpts.rewind(step)
 
 
-class _StepLog:
-  """Train scalars of log steps to the metric writer (and the non-finite policy's checks)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, writer, start: int):
-    train = config.train
-    self.writer = writer
-    self.skips = _SkipCounter(train.max_skipped_steps) if train.nonfinite == "skip" else None
-    self.t0, self.last_log = time.time(), start
-
-  def add(self, step: int, metrics: dict) -> None:
-    if self.skips is not None:
-      self.skips.add(step, metrics)
-
-  def write(self, step: int, metrics: dict) -> None:
-    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if self.skips is not None:  # Skipped steps left the state finite; a long run of them stops.
-      del scalars["skipped"]  # This step's flag; the count since the last log replaces it.
-      scalars["skipped_steps"] = self.skips.check()
-    else:
-      _check_finite(step, scalars)
-    scalars["train/bits_per_dim"] = scalars["nll"] / LN2
-    scalars["steps_per_s"] = (step - self.last_log) / max(time.time() - self.t0, 1e-9)
-    self.t0, self.last_log = time.time(), step
-    self.writer.write_scalars(step, scalars)
-
-
 class TrainedRun(NamedTuple):
   """A finished run: its best-on-validation weights (on every host) and eval/metrics.json."""
 
@@ -160,6 +96,7 @@ def train(
   """
   validation.validate(config)
   validation.check_backend(config)
+  logging.info("loading %s and building the %s model ...", config.data.name, config.mode)
   data = data_lib.load(config.data)
   pipeline.check_batch_tasks(config.train.batch_tasks, data)
   with workdir_lock.WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
@@ -240,31 +177,46 @@ def _train(
   start = int(state["step"])
   best = ckpts.best_metrics()
   best_val = best["val_bits_per_dim"]["mean"] if best else math.inf
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0, asynchronous=False
-  )
-  report = periodic_actions.ReportProgress(num_train_steps=train.num_steps, writer=writer)
+  best_step = best["step"] if best else 0
+  writer = summaries.open_writer(workdir)
+  if jax.process_index() == 0:
+    summaries.write_run_summary(writer, start, config, trainer.method, state["params"])
+  _log_start(config, trainer, state, start, workdir)
+  samples = summaries.EvalSamples(trainer.method, data, config.seed, config.samples.temperature)
   trace = profiling.StepTrace(
     workdir, start, train.profile_steps if jax.process_index() == 0 else 0
   )
-  step_log = _StepLog(config, writer, start)
-  config_written = False
+  steps = step_log.StepLog(train, writer, trainer.schedule)
+  config_written, compiled_eval = False, False
+  started = time.monotonic()
   with trace:  # Stops a trace that the run outlives or an error cuts short.
     for step in range(start + 1, train.num_steps + 1):
       batch = pipeline.place(next(data_iter), trainer.batch_shardings)
       trace.before(step, state)
       state, metrics = trainer.train_step(state, batch)
+      if step == start + 1:  # Compiled and dispatched: the ETA's pace starts after this step.
+        jax.block_until_ready(metrics)
+        steps.throughput.mark(step)
+        took = console.format_duration(time.monotonic() - started)
+        logging.info("compiled the train step and ran step %d in %s", step, took)
       trace.after(step, metrics)
-      report(step, time.time())
-      step_log.add(step, metrics)
+      steps.flush()  # The previous log step, read while this one runs.
+      steps.add(step, metrics)
       # Read once: SIGTERM may come at any moment, e.g. after the save.
       stopping = stop.requested or ckpts.reached_preemption(step)
       last = step == train.num_steps or stopping
-      if step % train.log_every == 0 or last or step % train.checkpoint_every == 0:
-        step_log.write(step, metrics)
-      if step % train.eval_every == 0 or step == train.num_steps:
-        best_val = _evaluate(trainer, data, ckpts, writer, state, step, best_val)
-      if step % train.checkpoint_every == 0 or last:
+      evaluating = step % train.eval_every == 0 or step == train.num_steps
+      saving = step % train.checkpoint_every == 0 or last
+      if step % train.log_every == 0 or saving:
+        steps.log(step, metrics, now=saving or evaluating)
+      if evaluating:
+        if not compiled_eval:
+          compiled_eval = True
+          logging.info("evaluating step %d (compiling the evaluation and sampling) ...", step)
+        best_val, best_step = _evaluate(
+          trainer, data, ckpts, writer, samples, state, step, (best_val, best_step)
+        )
+      if saving:
         if not config_written:  # config.json exists only where a trained step is saved.
           write_config(config, data.fingerprint(), workdir)
           config_written = True
@@ -272,36 +224,77 @@ def _train(
       if stopping:
         logging.warning("SIGTERM: saved step %d and stopping", step)
         break
+  steps.flush()
   ckpts.wait()
   writer.flush()
   return state
 
 
-def _evaluate(trainer: Trainer, data, ckpts, writer, state: dict, step: int, best_val: float):
-  """Scores val and test, saves the weights as best if val improved; the best val so far."""
+def _log_start(config, trainer: Trainer, state: dict, start: int, workdir: str) -> None:
+  """The run's sizes and workdir, and the line that precedes compiling the train step."""
+  counts = trainer.method.num_params(state["params"])
+  sizes = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v is not None)
+  train = config.train
+  logging.info(
+    "%s: %d steps of %d tasks x %d images; parameters: %s",
+    config.mode,
+    train.num_steps,
+    train.batch_tasks,
+    train.examples_per_task,
+    sizes,
+  )
+  logging.info("workdir %s (TensorBoard: tensorboard --logdir %s)", workdir, workdir)
+  if start < train.num_steps:
+    logging.info("compiling the train step (step %d/%d next) ...", start + 1, train.num_steps)
+
+
+def _evaluate(
+  trainer: Trainer,
+  data,
+  ckpts,
+  writer,
+  samples: summaries.EvalSamples,
+  state: dict,
+  step: int,
+  best: tuple[float, int],
+) -> tuple[float, int]:
+  """Scores val and test, draws the sample grid, saves the weights as best if val improved;
+  (best val so far, its step)."""
   val = trainer.evaluate(state["params"], data, data.val)
   test = trainer.evaluate(state["params"], data, data.test)
   writer.write_scalars(step, {**_scalars("val", val), **_scalars("test", test)})
+  writer.write_images(step, {"samples": samples.image(state["params"])})
+  if val["main"]["mean"] < best[0]:
+    ckpts.save_best(
+      step,
+      state["params"],
+      {
+        "step": step,
+        "val_bits_per_dim": val["main"],
+        "test_bits_per_dim": test["main"],
+        "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"},
+      },
+    )
+    best = (val["main"]["mean"], step)
+  extra = {k: v["mean"] for k, v in test.items() if k != "main"}
   logging.info(
-    "step %d: val %.4f test %.4f bits/dim", step, val["main"]["mean"], test["main"]["mean"]
+    "%s",
+    console.eval_line(
+      step,
+      trainer.step.optimizer.num_steps,
+      val["main"]["mean"],
+      test["main"]["mean"],
+      *best,
+      data.num_tasks,
+      extra,
+    ),
   )
-  if val["main"]["mean"] >= best_val:
-    return best_val
-  ckpts.save_best(
-    step,
-    state["params"],
-    {
-      "step": step,
-      "val_bits_per_dim": val["main"],
-      "test_bits_per_dim": test["main"],
-      "extra_test_bits_per_dim": {k: v for k, v in test.items() if k != "main"},
-    },
-  )
-  return val["main"]["mean"]
+  return best
 
 
 def _summarise(config, data, trainer: Trainer, ckpts, state, workdir: str) -> tuple[dict, dict]:
   """(eval/metrics.json, best weights gathered on every host); writes the json."""
+  logging.info("restoring the best weights (step %s) ...", ckpts.best.latest_step())
   params = ckpts.restore_best_params(trainer.abstract_state["params"])  # Raises if none.
   best = ckpts.best_metrics()
   step_flops = trainer.method.step_flops()
@@ -329,6 +322,12 @@ def _summarise(config, data, trainer: Trainer, ckpts, state, workdir: str) -> tu
   params = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+    path = os.path.join(workdir, "eval", "metrics.json")
+    with open(path, "w") as f:
       json.dump(metrics, f, indent=2)
+    logging.info(
+      "wrote eval/metrics.json: best step %d, test %.4f bits/dim",
+      metrics["step"],
+      metrics["bits_per_dim"]["mean"],
+    )
   return metrics, params

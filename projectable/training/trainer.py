@@ -23,16 +23,21 @@ from projectable.training.modes import Method
 from projectable.training.typed_config import OptimizerConfig
 
 
-def build_optimizer(train: OptimizerConfig, trainable: dict) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
+def learning_rate_schedule(train: OptimizerConfig) -> optax.Schedule:
+  """Linear warmup then cosine decay to zero, of the optimizer's update count (from 0)."""
   # Warmup starts one step in, so that the very first step already learns.
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
     train.learning_rate / (train.warmup_steps + 1),
     train.learning_rate,
     train.warmup_steps,
     train.num_steps,
     end_value=0.0,
   )
+
+
+def build_optimizer(train: OptimizerConfig, trainable: dict) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
+  schedule = learning_rate_schedule(train)
   adamw = optax.chain(
     optax.clip_by_global_norm(train.grad_clip),
     optax.adamw(
@@ -54,6 +59,7 @@ class Trainer:
     self.mesh = mesh
     rules = self.step.rules
     self.optimizer = build_optimizer(self.step.optimizer, method.trainable())
+    self.schedule = learning_rate_schedule(self.step.optimizer)
     self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
     abstract_params = jax.eval_shape(method.init, jax.random.key(0))
     sharding.check_divisible(abstract_params, self.param_shardings)
