@@ -1,7 +1,9 @@
 """The comparison command end to end on the tiny variant."""
 
 import json
+import logging
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -55,3 +57,46 @@ def test_scaled_runs_keep_their_number_of_evaluations(tiny_config, num_steps):
   assert train.num_steps == num_steps and 0 <= train.warmup_steps < num_steps
   evals = [s for s in range(1, num_steps + 1) if s % train.eval_every == 0 or s == num_steps]
   assert len(evals) == min(3, num_steps) and evals[-1] == num_steps
+
+
+def test_compare_logs_each_point_of_how_many(tiny_config, tmp_path, monkeypatch, caplog):
+  """Runs replaced by stand-ins: the order, numbering and reuse notes of the point lines."""
+  ran = []
+
+  def fake_run(config, workdir):
+    ran.append(os.path.basename(workdir))
+    per_task = {str(t): 2.0 for t in range(10)}
+    return {
+      "bits_per_dim": {"mean": 2.0, "per_task": per_task},
+      "num_params": {"small": 1},
+      "train_flops": 1.0,
+      "final_step": {"step": config.train.num_steps},
+      "wall_s": 0.0,
+    }
+
+  monkeypatch.setattr(arms, "run_arm", fake_run)
+  monkeypatch.setattr(arms, "weight_selection", lambda *args: fake_run(tiny_config, "ws"))
+  monkeypatch.setattr(
+    arms, "finished_metrics", lambda config, workdir: {} if "universal_seed1" in workdir else None
+  )
+  with caplog.at_level(logging.INFO, logger="absl"):
+    compare.compare(
+      tiny_config, str(tmp_path), [0, 1], "steps", ("source", "universal", "weight_selection")
+    )
+  points = re.findall(r"point (\d)/(\d): (\w+ seed \d)(.*) \(ETA", caplog.text)
+  assert [(k, n, name) for k, n, name, _ in points] == [
+    ("1", "6", "source seed 0"),
+    ("2", "6", "universal seed 0"),
+    ("3", "6", "weight_selection seed 0"),
+    ("4", "6", "source seed 1"),
+    ("5", "6", "universal seed 1"),
+    ("6", "6", "weight_selection seed 1"),
+  ]
+  assert [rest.endswith("(finished: reused)") for *_, rest in points] == [
+    False,
+    False,
+    False,
+    False,
+    True,
+    False,
+  ]

@@ -21,6 +21,7 @@ import numpy as np
 
 from projectable import data as data_lib
 from projectable.experiments import arms
+from projectable.experiments.progress import PointProgress
 from projectable.specialists import images
 
 
@@ -60,28 +61,35 @@ def compare(
     raise ValueError(f"unknown methods {sorted(unknown)}; known: {arms.ARMS}")
   data = data_lib.load(config.data)
   runs: dict[str, list[dict]] = {m: [] for m in methods}
+  needs_source = bool({"source", "weight_selection", *arms.FROM_SOURCE} & set(methods))
+  per_seed = ["source"] * needs_source + [m for m in methods if m != "source"]
+  progress = PointProgress(len(seeds) * len(per_seed))
+  points = iter(range(1, progress.total + 1))
   for seed in seeds:
     seeded = config.copy_and_resolve_references()
     seeded.seed = seed
     source_dir = os.path.join(workdir, f"source_seed{seed}")
-    needs_source = {"source", "weight_selection", *arms.FROM_SOURCE} & set(methods)
-    source_metrics = (
-      arms.run_arm(arms.arm_config(seeded, "source", budget, data, source_dir), source_dir)
-      if needs_source
-      else None
-    )
+    source_metrics = None
+    if needs_source:
+      source_config = arms.arm_config(seeded, "source", budget, data, source_dir)
+      source_metrics = _run_point(
+        progress, next(points), f"source seed {seed}", source_config, source_dir
+      )
     for method in methods:
       if method == "source":
         runs[method].append(source_metrics)
       elif method == "weight_selection":
+        progress.start(next(points), f"weight_selection seed {seed} (evaluation only)")
         runs[method].append(arms.weight_selection(seeded, source_dir, source_metrics))
+        progress.done(timed=False)  # Seconds of evaluation: not a training point's time.
       else:
         run_dir = os.path.join(workdir, f"{method}_seed{seed}")
         run_config = arms.arm_config(seeded, method, budget, data, source_dir, distill_weight)
-        metrics = arms.run_arm(run_config, run_dir)
+        metrics = _run_point(progress, next(points), f"{method} seed {seed}", run_config, run_dir)
         if method in arms.FROM_SOURCE:
           metrics["train_flops"] += source_metrics["train_flops"]
         runs[method].append(metrics)
+  progress.done()
   result = {
     "dataset": data.name,
     "budget": budget,
@@ -91,6 +99,18 @@ def compare(
   }
   write_reports(result, workdir)
   return result
+
+
+def _run_point(
+  progress: PointProgress, k: int, name: str, config: ml_collections.ConfigDict, run_dir: str
+) -> dict:
+  """``arms.run_arm`` as point ``k``: logged with an ETA; a reused finished run is not timed."""
+  reused = arms.finished_metrics(config, run_dir) is not None
+  name = f"{name}, {config.train.num_steps} steps in {run_dir}"
+  progress.start(k, name + (" (finished: reused)" if reused else ""))
+  metrics = arms.run_arm(config, run_dir)
+  progress.done(timed=not reused)
+  return metrics
 
 
 def _verdict(a: dict, b: dict) -> str:
@@ -161,13 +181,17 @@ def sweep(
   """Projectable runs with ``config.<field>`` set to each value; writes sweep_<field>.*."""
   section, _, name = field.rpartition(".")
   runs = {}
+  progress = PointProgress(len(values) * len(seeds))
+  points = iter(range(1, progress.total + 1))
   for value in values:
     per_seed = []
     for seed in seeds:
       variant = config.copy_and_resolve_references()
       variant.mode, variant.seed = "projectable", seed
       (variant[section] if section else variant)[name] = value
-      per_seed.append(arms.run_arm(variant, os.path.join(workdir, f"{field}={value}_seed{seed}")))
+      run_dir = os.path.join(workdir, f"{field}={value}_seed{seed}")
+      label = f"{field}={value} seed {seed}"
+      per_seed.append(_run_point(progress, next(points), label, variant, run_dir))
     runs[f"{field}={value}"] = summarize(per_seed)
   result = {"dataset": config.data.name, "budget": "steps", "seeds": seeds, "methods": runs}
   write_reports(result, workdir, name=f"sweep_{field}")

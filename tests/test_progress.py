@@ -1,0 +1,21 @@
+"""``PointProgress``: the ``point k/N`` lines of experiments and their ETA."""
+
+import pytest
+
+from projectable.experiments.progress import PointProgress
+
+
+def test_point_progress_eta_is_the_mean_point_time_times_the_points_left():
+  now = [0.0]
+  progress = PointProgress(5, clock=lambda: now[0])
+  assert progress.start(1, "a") == "point 1/5: a (ETA ?)"
+  now[0] = 100.0
+  assert progress.start(2, "b") == "point 2/5: b (ETA 6:40)"  # 4 left x 100 s.
+  now[0] = 150.0
+  progress.done()  # Points of 100 s and 50 s: mean 75 s.
+  now[0] = 151.0
+  assert progress.start(3, "c, reused") == "point 3/5: c, reused (ETA 3:45)"  # 3 x 75 s.
+  now[0] = 152.0
+  progress.done(timed=False)  # A reused point does not lower the mean.
+  assert progress.eta_s(4) == pytest.approx(2 * 75.0)
+  assert progress.seconds == [100.0, 50.0]
