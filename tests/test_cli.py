@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from projectable.experiments import cli
-from projectable.training.checkpoints import DamagedCheckpointError
+from projectable.training.checkpoints import CheckpointWriteError, DamagedCheckpointError
 from projectable.training.workdir_lock import WorkdirBusyError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +49,7 @@ def test_a_bad_config_value_is_one_line_and_exit_status_2(tmp_path, override, me
   [
     (DamagedCheckpointError("checkpoint step 6 at /w is damaged"), cli.FAULT),
     (FloatingPointError("non-finite loss=nan at step 3"), cli.FAULT),
+    (CheckpointWriteError("could not write a checkpoint in /w/checkpoints"), cli.FAULT),
     (FileExistsError("not overwriting /out/3; pass --overwrite"), cli.USER_ERROR),
     (ValueError("config.train.num_steps=0 is invalid"), cli.USER_ERROR),
     (WorkdirBusyError("/w is in use by another run (pid 7)"), cli.USER_ERROR),

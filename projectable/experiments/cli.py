@@ -3,8 +3,9 @@
 A user error (a bad flag or config value, missing or mismatched data, a busy workdir, a
 refused overwrite) prints one ``error: ...`` line (the message may continue on the lines
 below it) and exits with status 2, with no traceback; a fault the project names (a
-damaged checkpoint, a non-finite loss) prints its name and message and exits with status
-1. Tracebacks stay available in the log at verbosity 1 (``--verbosity=1``).
+damaged checkpoint, a failed checkpoint write, a non-finite loss) prints its name and
+message and exits with status 1. Tracebacks stay available in the log at verbosity 1
+(``--verbosity=1``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from projectable.experiments import config_names
-from projectable.training.checkpoints import DamagedCheckpointError
+from projectable.training.checkpoints import CheckpointWriteError, DamagedCheckpointError
 from projectable.training.workdir_lock import WorkdirBusyError
 
 USER_ERROR = 2  # The command cannot run as given: fix the command, the config or the data.
@@ -29,7 +30,7 @@ USER_ERRORS = (
   PermissionError,  # An unwritable workdir (checkpoints probe it before training).
   WorkdirBusyError,
 )
-FAULTS = (DamagedCheckpointError, FloatingPointError)
+FAULTS = (DamagedCheckpointError, CheckpointWriteError, FloatingPointError)
 
 
 def _fail(status: int, message: str) -> None:

@@ -16,6 +16,7 @@ under one mesh loads under another.
 from __future__ import annotations
 
 import glob
+import logging as pylogging
 import os
 from typing import Any
 
@@ -36,6 +37,18 @@ _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 class DamagedCheckpointError(RuntimeError):
   """A checkpoint step exists but cannot be restored intact."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. a full disk); the steps already saved are intact."""
+
+
+class _RepeatedWriteFailures(pylogging.Filter):
+  """Drops asyncio's reports of a failed save's other writes: each repeats the error raised."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("exception was never retrieved" in message or "Event loop is closed" in message)
 
 
 def _first_line(e: Exception) -> str:
@@ -115,14 +128,33 @@ class Checkpoints:
   def save_state(self, step: int, state: Any, data_iter: Any = None) -> None:
     """Saves the train state, its fingerprint and, if given, the grain iterator's state."""
     # So a complete state step implies complete best saves of that step and earlier ones.
-    self.best.wait_until_finished()
+    self._finish(self.best)
     items = {
       "state": ocp.args.StandardSave(state),
       "fingerprint": ocp.args.JsonSave(fingerprint(state)),
     }
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    self.state.save(step, args=ocp.args.Composite(**items))
+    self._write(self.state, step, ocp.args.Composite(**items))
+
+  def _write(self, manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite) -> None:
+    """Starts an asynchronous save, first raising an earlier save's failure if one failed."""
+    try:
+      manager.check_for_errors()
+      manager.save(step, args=args)
+    except Exception as e:
+      raise self._write_failed(manager, e) from e
+
+  def _write_failed(self, manager: ocp.CheckpointManager, e: Exception) -> CheckpointWriteError:
+    """The one error a failed write raises; the failed save's other writes stay out of the log."""
+    pylogging.getLogger("asyncio").addFilter(_RepeatedWriteFailures())
+    saved = manager.all_steps()
+    kept = f"steps {saved} are intact" if saved else "no earlier step was saved"
+    return CheckpointWriteError(
+      f"could not write a checkpoint in {manager.directory} ({type(e).__name__}: "
+      f"{_first_line(e)[:400]}); {kept}. Free space or fix the directory, then rerun the same "
+      "command to resume."
+    )
 
   def restore_state(
     self, abstract_state: Any, step: int | None = None, data_iter: Any = None
@@ -206,7 +238,7 @@ class Checkpoints:
       "metrics": ocp.args.JsonSave(metrics),
       "digests": ocp.args.JsonSave(digests.tree_digests(_on_host(params))),
     }
-    self.best.save(step, args=ocp.args.Composite(**items))
+    self._write(self.best, step, ocp.args.Composite(**items))
 
   def best_metrics(self) -> dict | None:
     step = self.best.latest_step()
@@ -256,9 +288,24 @@ class Checkpoints:
     )
 
   def wait(self) -> None:
-    self.state.wait_until_finished()
-    self.best.wait_until_finished()
+    """Waits for the asynchronous saves; raises ``CheckpointWriteError`` if one failed."""
+    self._finish(self.state)
+    self._finish(self.best)
+
+  def _finish(self, manager: ocp.CheckpointManager) -> None:
+    try:
+      manager.wait_until_finished()
+      manager.check_for_errors()
+    except Exception as e:
+      raise self._write_failed(manager, e) from e
 
   def close(self) -> None:
-    self.state.close()
-    self.best.close()
+    """Finishes the saves (``CheckpointWriteError`` if one failed) and releases the managers."""
+    try:
+      self.wait()
+    finally:
+      for manager in (self.state, self.best):
+        try:
+          manager.close()
+        except Exception:  # A failed save: wait() has raised it already, named.
+          logging.debug("closing %s after a failed save", manager.directory, exc_info=True)
