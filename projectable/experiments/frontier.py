@@ -45,7 +45,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Collection, Sequence
 
 import ml_collections
@@ -53,6 +52,7 @@ from absl import logging
 
 from projectable.experiments import arms, frontier_plan, frontier_report, tuning
 from projectable.experiments.frontier_plan import Point
+from projectable.experiments.progress import PointProgress
 
 ARMS = (
   "projectable",
@@ -157,10 +157,10 @@ class _Runner:
   ``train=False``, reports finished ones and names the rest as missing."""
 
   def __init__(self, total: int, train: bool):
-    self.total, self.train = total, train
+    self.train = train
+    self.progress = PointProgress(total)
     self.records: dict[str, dict | None] = {}
     self.missing: list[str] = []
-    self._trained_s: list[float] = []
 
   def __call__(self, point: Point) -> dict | None:
     name = os.path.basename(point.workdir)
@@ -174,18 +174,12 @@ class _Runner:
     if to_train and not self.train:
       self.missing.append(name)
       return None
-    if to_train:
-      done, spent = len(self._trained_s), sum(self._trained_s)
-      left = self.total - len(self.records)
-      eta = f" (ETA {left * spent / done / 60:.0f} min)" if done else ""
-      logging.info("point %d/%d: %s%s", len(self.records) + 1, self.total, name, eta)
-    start = time.time()
+    self.progress.start(len(self.records) + 1, name + ("" if to_train else " (finished: reused)"))
     source = None
     if point.source is not None:
       source = arms.run_arm(point.source.config, point.source.workdir)
     record = _record(point, arms.run_arm(point.config, point.workdir), source)
-    if to_train:
-      self._trained_s.append(time.time() - start)
+    self.progress.done(timed=to_train)
     return record
 
 
