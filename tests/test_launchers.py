@@ -2,13 +2,14 @@
 ``launch/`` wrappers, and ``sample --model`` (issue 31)."""
 
 import ast
+import importlib
 import os
 import sys
 
 import jax
 import numpy as np
 import pytest
-from absl import app
+from absl import app, flags
 
 from projectable.experiments import cli, config_names
 from projectable.training import restore
@@ -82,6 +83,17 @@ def test_serve_is_cli_run_with_library_logs_quieted(monkeypatch):
   assert calls == ["quiet", main]
 
 
+@pytest.fixture
+def sample():
+  """``projectable.launchers.sample``, its flags forgotten afterwards (launchers' flags
+  share names, so another launcher's test could not define its own)."""
+  known = set(flags.FLAGS)
+  sys.modules.pop("projectable.launchers.sample", None)
+  yield importlib.import_module("projectable.launchers.sample")
+  for flag in set(flags.FLAGS) - known:
+    delattr(flags.FLAGS, flag)
+
+
 @pytest.fixture(scope="module")
 def runs(load_digits):
   """Untrained runs of two modes (a Run as ``restore.load_run`` returns it)."""
@@ -97,9 +109,7 @@ def runs(load_digits):
   return out
 
 
-def test_sample_model_chooses_the_specialist_or_the_source(runs):
-  from projectable.launchers import sample
-
+def test_sample_model_chooses_the_specialist_or_the_source(runs, sample):
   run = runs["projectable"]
   task_C = run.data.task_descriptors()[3]
   cfg, weights, desc = sample._sampler(run, 3, task_C, None)  # Today's default.
@@ -115,9 +125,7 @@ def test_sample_model_chooses_the_specialist_or_the_source(runs):
 
 
 @pytest.mark.parametrize("model", ["source", "specialist"])
-def test_sample_model_a_run_lacks_is_refused_naming_the_mode(runs, model):
-  from projectable.launchers import sample
-
+def test_sample_model_a_run_lacks_is_refused_naming_the_mode(runs, model, sample):
   run = runs["universal"]
   with pytest.raises(ValueError, match=f"--model={model}: a universal run has no"):
     sample._sampler(run, 3, run.data.task_descriptors()[3], model)
@@ -144,3 +152,11 @@ def test_evaluate_refuses_a_bad_config_value_naming_the_field(tmp_path, run_laun
   args = [f"--specialist={tmp_path}", f"--config={config}", "--config.data.levels=1"]
   with pytest.raises(app.UsageError, match=r"config\.data\.levels=1"):
     run_launcher("evaluate", args)
+
+
+def test_frontier_refuses_a_bad_config_value_before_any_point(tmp_path, run_launcher):
+  config = os.path.join(REPO, "configs", "digits.py") + ":tiny"
+  args = [f"--config={config}", f"--workdir={tmp_path / 'f'}", "--config.train.learning_rate=-1"]
+  with pytest.raises(ValueError, match=r"config\.train\.learning_rate=-1\.0 is invalid"):
+    run_launcher("frontier", args)
+  assert not os.path.exists(tmp_path / "f")
