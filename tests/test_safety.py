@@ -28,15 +28,17 @@ from projectable.training.trainer import Trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(workdir: str, log: str, *flags: str) -> subprocess.Popen:
+def _launch(workdir: str, log: str, *flags: str, cache: bool = True) -> subprocess.Popen:
   """``launch/train.py`` on the tiny config, logging to ``log``; shares this process's
-  compilation cache, and its 4 CPU devices (XLA_FLAGS) and mesh as ``tiny_config``."""
+  compilation cache (unless not ``cache``), and its 4 CPU devices (XLA_FLAGS) and mesh as
+  ``tiny_config``."""
   env = {
     **os.environ,
     "PYTHONPATH": REPO,
     "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_ENABLE_COMPILATION_CACHE": "true" if cache else "false",
   }
   command = [sys.executable, os.path.join(REPO, "launch", "train.py")]
   command += ["--config", os.path.join(REPO, "configs", "digits.py") + ":tiny"]
@@ -82,6 +84,22 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
   assert steps == [stopped_at] and 3 <= stopped_at < 100000
+
+
+def test_sigterm_while_compiling_stops_at_once_without_training(tmp_path):
+  """A preemption notice during the first compilation does not wait for it to finish."""
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
+  proc = _launch(workdir, log, cache=False)  # A cache hit could finish before the signal.
+  assert _wait_until(proc, log, lambda: _logged(log, "compiling the train step"), poll=0.05)
+  proc.send_signal(signal.SIGTERM)
+  proc.wait(timeout=120)
+  with open(log) as f:
+    err = f.read()
+  assert proc.returncode == 143, err[-2000:]
+  assert "SIGTERM while compiling: stopping before step 1" in err
+  assert "compiled the train step" not in err and not re.search(r"step 1/\d+ loss=", err)
+  assert "stopped by SIGTERM at step 0; no step had trained yet" in err
+  assert not os.path.exists(os.path.join(workdir, "config.json"))  # Rerun: a fresh start.
 
 
 def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):

@@ -123,9 +123,11 @@ def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
       with preemption.StopRequest() as stop:
         state = _train(config, data, trainer, ckpts, workdir, stop)
       if int(state["step"]) < config.train.num_steps:  # SIGTERM or JAX's preemption notice.
+        saved = ckpts.latest_step()
+        kept = "no step had trained yet" if saved is None else f"step {saved} is saved"
         raise preemption.Preempted(
-          f"stopped by SIGTERM at step {int(state['step'])}; its checkpoint is saved in "
-          f"{workdir}. Rerun the same command to resume."
+          f"stopped by SIGTERM at step {int(state['step'])}; {kept} in {workdir}. Rerun the "
+          "same command to resume."
         )
       metrics, params = _summarise(config, data, trainer, ckpts, state, workdir)
     finally:
@@ -193,7 +195,13 @@ def _train(
     for step in range(start + 1, train.num_steps + 1):
       batch = pipeline.place(next(data_iter), trainer.batch_shardings)
       trace.before(step, state)
-      state, metrics = trainer.train_step(state, batch)
+      if step == start + 1:
+        args = (state, batch)
+        train_step = preemption.compile_unless_stopped(trainer.train_step, args, trainer.mesh, stop)
+        if train_step is None:
+          logging.warning("SIGTERM while compiling: stopping before step %d", step)
+          break
+      state, metrics = train_step(state, batch)
       if step == start + 1:  # Compiled and dispatched: the ETA's pace starts after this step.
         jax.block_until_ready(metrics)
         steps.throughput.mark(step)
