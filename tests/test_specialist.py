@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from projectable.core import model, sampling
+from projectable.core.digests import DamagedCheckpointError
 from projectable.specialists.artifact import Specialist, load_specialist, save_specialist
 
 CFG = model.ModelConfig(
@@ -246,7 +247,9 @@ def test_scoring_checks_tokens(saved):
 def test_flipped_bytes_in_the_weights_are_named_on_load(copy_of_saved, flip_middle_bytes):
   flip_middle_bytes(os.path.join(copy_of_saved, "params"))
   # Read back wrong (SHA-256) or not at all (a compressed block fails to decompress).
-  with pytest.raises(ValueError, match=r"weights in .*params are damaged: .*(SHA-256|Error)"):
+  with pytest.raises(
+    DamagedCheckpointError, match=r"weights in .*params are damaged: .*(SHA-256|Error)"
+  ):
     load_specialist(copy_of_saved)
 
 

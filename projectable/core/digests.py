@@ -9,6 +9,10 @@ import jax
 import numpy as np
 
 
+class DamagedCheckpointError(RuntimeError):
+  """Saved weights (a checkpoint step, best weights, a specialist) cannot be read intact."""
+
+
 def array_digest(x: np.ndarray) -> str:
   """SHA-256 of an array's dtype, shape and bytes (C order)."""
   a = np.ascontiguousarray(x)

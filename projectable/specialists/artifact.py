@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from projectable.core import digests, model, sampling
+from projectable.core.digests import DamagedCheckpointError
 from projectable.core.model import ModelConfig
 
 FORMAT_VERSION = 1
@@ -176,7 +177,7 @@ def load_specialist(path: str) -> tuple[Specialist, dict]:
       params = checkpointer.restore(params_path, expected)
     except Exception as e:  # Orbax/TensorStore read errors: damaged or truncated files.
       first_line = str(e).strip().partition("\n")[0]
-      raise ValueError(
+      raise DamagedCheckpointError(
         f"the weights in {params_path} are damaged: {type(e).__name__}: {first_line}; "
         "re-export the specialist (launch/export.py)"
       ) from e
@@ -203,7 +204,7 @@ def _verify(config: dict, params: dict, config_path: str, params_path: str) -> N
     )
   bad = digests.mismatched(recorded, params)
   if bad:
-    raise ValueError(
+    raise DamagedCheckpointError(
       f"the weights in {params_path} are damaged: {', '.join(bad[:3])} differ from the SHA-256 "
       f"recorded in {config_path}; re-export the specialist (launch/export.py)"
     )

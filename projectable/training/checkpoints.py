@@ -28,15 +28,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from projectable.core import digests
+from projectable.core.digests import DamagedCheckpointError
 from projectable.training import workdir_guard
 
 SET_ASIDE = "checkpoints_set_aside"
 BEST_SET_ASIDE = "best_set_aside"
 _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
-
-
-class DamagedCheckpointError(RuntimeError):
-  """A checkpoint step exists but cannot be restored intact."""
 
 
 class CheckpointWriteError(OSError):
