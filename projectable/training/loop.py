@@ -234,7 +234,7 @@ def _train(
         break
   steps.flush()
   ckpts.wait()
-  writer.flush()
+  writer.close()
   return state
 
 

@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import jax
 from absl import logging
-from clu import metric_writers
 
 from projectable.core.metrics import LN2
-from projectable.training import console
+from projectable.training import console, tb_writer
 
 
 def check_finite(step: int, metrics: dict) -> None:
@@ -68,7 +67,7 @@ class StepLog:
   def __init__(
     self,
     train,
-    writer: metric_writers.MetricWriter,
+    writer: tb_writer.Writer,
     schedule: Callable[[int], float],
   ):
     self.writer = writer

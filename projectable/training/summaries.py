@@ -1,4 +1,4 @@
-"""TensorBoard for a run (clu ``metric_writers``): the config, parameters and sample grids.
+"""TensorBoard for a run (``training.tb_writer``): the config, parameters and sample grids.
 
 Process 0 writes ``DIR/events.out.tfevents.*``; other processes get a writer that
 drops everything. Besides the scalars of ``training.step_log`` and the evaluations,
@@ -15,20 +15,21 @@ from __future__ import annotations
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview
+from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from projectable.core import sampling
 from projectable.data.records import TaskData
 from projectable.data.tokens import tokens_to_images
+from projectable.training import tb_writer
 from projectable.training.modes import Method
 
 
-def open_writer(workdir: str) -> metric_writers.MetricWriter:
+def open_writer(workdir: str) -> tb_writer.Writer:
   """The run's TensorBoard writer: synchronous, on process 0; a no-op on the others."""
   if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.SummaryWriter(workdir)
+    return tb_writer.NullWriter()
+  return tb_writer.SummaryWriter(workdir)
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
@@ -53,7 +54,7 @@ def _preformatted(text: str) -> str:
 
 
 def write_run_summary(
-  writer: metric_writers.MetricWriter,
+  writer: tb_writer.Writer,
   step: int,
   config: ml_collections.ConfigDict,
   method: Method,
