@@ -1,14 +1,21 @@
 """TensorFlow stays off the paths that do not need it (issue 31, item 2): TFDS prepares and
-reads the datasets, and export, sampling, evaluation and planning start, without importing it.
+reads the datasets, and export, sampling, evaluation and planning start, without importing it,
+and a run trains and writes its TensorBoard events (``training.tb_writer``) with TensorFlow
+not installed; only ``--format=tflite`` exports need it (the ``tflite`` extra).
 
 TFDS treats TensorFlow as absent unless it is already imported (``"tensorflow" in
 sys.modules``), so a fresh process that never imports it takes TFDS's TensorFlow-free path.
-Training still imports it: clu's metric writers (``training/loop.py``) import TensorFlow.
+The training check hides TensorFlow from ``sys.path``'s finder, as if it were not installed.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
+
+import pytest
+
+from projectable.specialists import export, tflite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,3 +49,61 @@ def test_data_preparation_and_the_non_training_commands_never_import_tensorflow(
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"
   assert os.listdir(tmp_path)  # It did prepare the dataset there.
+
+
+TRAIN_WITHOUT_TENSORFLOW = """
+import importlib.machinery
+import importlib.util
+import sys
+
+
+class WithoutTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.split(".")[0] == "tensorflow":
+      return None
+    return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [
+  WithoutTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path
+]
+assert importlib.util.find_spec("tensorflow") is None
+
+from configs import digits
+from projectable.training import loop
+
+config = digits.get_config("tiny")
+config.mesh = "data:1,model:1"
+config.data.tfds_data_dir = sys.argv[2]
+loop.train(config, sys.argv[1])
+print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
+"""
+
+
+def test_a_run_trains_and_writes_tensorboard_events_with_tensorflow_not_installed(tmp_path):
+  workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"
+  result = subprocess.run(
+    [sys.executable, "-c", TRAIN_WITHOUT_TENSORFLOW, str(workdir), str(tfds_dir)],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "[]"
+  (events,) = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents.")]
+  assert os.path.getsize(workdir / events) > 1000  # Scalars, texts, hparams and samples.
+
+
+def test_a_tflite_export_without_the_extra_names_it_before_any_work(monkeypatch, tmp_path):
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a)
+  )
+  with pytest.raises(ValueError, match=r"needs tensorflow, .*projectable\[tflite\]"):
+    export.export(str(tmp_path / "no_run"), str(tmp_path / "out"), fmt="tflite")
+  monkeypatch.undo()
+  tflite.require()  # This venv has the extra.

@@ -115,6 +115,8 @@ def export(
   """
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+  if fmt == "tflite":
+    tflite.require()  # Before the emission: a core install lacks TensorFlow and LiteRT.
   config = restore.read_config(os.path.abspath(workdir))
   if not modes.MODES[config.mode].has_specialists:
     raise ValueError(

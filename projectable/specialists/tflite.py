@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import shutil
 
@@ -39,6 +40,18 @@ SIGNATURE = "serving_default"  # (1, L) tokens -> logits.
 BATCHED_SIGNATURE = "logits"  # (B, L) tokens -> logits.
 DECODE_SIGNATURE = "decode"  # (token, position, kv_cache) -> (logits, kv_cache).
 DEFAULT_BATCH = 8
+# What converting and checking need: the `tflite` extra (`pip install 'projectable[tflite]'`).
+EXTRA_MODULES = ("tensorflow", "ai_edge_litert")
+
+
+def require() -> None:
+  """Raises ValueError (a user error) naming the ``tflite`` extra unless it is installed."""
+  missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+  if missing:
+    raise ValueError(
+      f"--format=tflite needs {' and '.join(missing)}, which the core install lacks: "
+      "pip install 'projectable[tflite]' (or -e '.[tflite]' in a checkout)"
+    )
 
 
 def convert(cfg: ModelConfig, params: dict, directory: str, batch: int = DEFAULT_BATCH) -> str:
