@@ -10,6 +10,8 @@ message and exits with status 1. Tracebacks stay available in the log at verbosi
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from collections.abc import Callable
 
@@ -36,7 +38,17 @@ FAULTS = (DamagedCheckpointError, CheckpointWriteError, FloatingPointError)
 def _fail(status: int, message: str) -> None:
   logging.debug("The error's traceback:", exc_info=True)
   print(message, file=sys.stderr)
+  # Asynchronous reads and writes cut short by the error can still report it again while
+  # the interpreter shuts down (e.g. "Event loop is closed" tracebacks from Orbax's
+  # TensorStore callbacks); the message above stays the last line.
+  atexit.register(_silence_stderr)
   sys.exit(status)
+
+
+def _silence_stderr() -> None:
+  """Points file descriptor 2 at /dev/null (the last exit handler registered runs first)."""
+  sys.stderr.flush()
+  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
