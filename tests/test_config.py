@@ -135,6 +135,7 @@ BAD = {
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.remat": st.none() | st.integers() | st.text(max_size=4),
+  "train.fast_compile": st.none() | st.integers() | st.text(max_size=4),
   "train.nonfinite": _other_text(validation.NONFINITE_POLICIES),
   "train.compute_dtype": _other_text(validation.COMPUTE_DTYPES),
   "model.d": _not_positive_int(),

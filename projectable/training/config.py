@@ -20,10 +20,12 @@ def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
 
 
 def make_tiny(c: ConfigDict) -> None:
-  """Shrinks a config in place to the ``tiny`` variant: a few steps of tiny models (tests)."""
+  """Shrinks a config in place to the ``tiny`` variant: a few steps of tiny models (tests),
+  compiled with XLA's optimisations off (compiling is most of such a run)."""
   c.train.update(
     num_steps=6, examples_per_task=4, warmup_steps=2, eval_every=3, log_every=1, checkpoint_every=3
   )
+  c.train.fast_compile = True
   c.model.update(d=32, heads=4, mlp_dim=64, depth=2)
   c.small.update(d=16, heads=2, mlp_dim=32, depth=2)
   c.projector.rank = 2
@@ -65,6 +67,10 @@ def _add_train(c: ConfigDict) -> None:
   # activations for the backward pass (train steps 20-28% faster on CPU, benchmarks/README.md);
   # compile time grows with depth (projectable step at depth 24: 43 s against 19 s scanned).
   c.train.unroll_layers = True
+  # Compile with most of XLA's optimisations off (jax_disable_most_optimizations) for the rest
+  # of the process: about half the compile time, slower steps. For smoke runs whose compiling
+  # outweighs their few steps (the tiny variant); False leaves JAX's own setting.
+  c.train.fast_compile = False
   # Dtype of every matmul's inputs, accumulated in float32 ('bfloat16' for TPUs and GPUs;
   # on CPUs without AMX it is slower). Weights, optimizer, LayerNorm, softmax stay float32.
   c.train.compute_dtype = "float32"

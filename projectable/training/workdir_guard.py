@@ -35,6 +35,7 @@ _TRAIN_MAY_CHANGE = {
   "keep_checkpoints",
   "eval_chunk",
   "unroll_layers",
+  "fast_compile",
   "compute_dtype",
   "remat",
   "attention",

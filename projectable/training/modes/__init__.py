@@ -9,6 +9,7 @@ mode class owns its differences; code elsewhere asks its methods and properties.
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from projectable.data.records import TaskData
@@ -23,7 +24,13 @@ MODES: dict[str, type[Method]] = {
 
 
 def make_method(config: ml_collections.ConfigDict, data: TaskData) -> Method:
-  """The mode ``config.mode`` on ``data``: the config read once into typed settings."""
+  """The mode ``config.mode`` on ``data``: the config read once into typed settings.
+
+  ``config.train.fast_compile`` turns XLA's optimisations off here, before the run compiles
+  anything; JAX's setting is per process, so it holds for every later compilation too.
+  """
+  if config.train.get("fast_compile", False):
+    jax.config.update("jax_disable_most_optimizations", True)
   return MODES[config.mode].from_config(config, data)
 
 
