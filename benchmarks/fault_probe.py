@@ -200,6 +200,48 @@ def case_full_disk(scratch: str) -> tuple[Outcome, int, str]:
   return out, 1, "CheckpointWriteError"
 
 
+def case_fresh_race(scratch: str) -> tuple[Outcome, int, str]:
+  """Two ``--fresh`` into a workdir holding a run, started together: two new directories."""
+  base = trained(scratch, "base")
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  command = [sys.executable, "launch/train.py", *TINY, f"--workdir={base}", "--fresh"]
+  procs = [subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)]
+  procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+  errs = [p.communicate()[1] for p in procs]
+  finished = sorted(glob.glob(f"{base}-*/eval/metrics.json"))
+  status = max(p.returncode for p in procs) or (0 if len(finished) == 2 else 1)
+  return Outcome(status, errs[-1] + f"\n{len(finished)} new runs: {finished}", 0.0), 0, "2 new"
+
+
+def case_rewind_new_learning_rate(scratch: str) -> tuple[Outcome, int, str]:
+  """restore_step=3 with another learning rate: metrics.json describes the new steps 4-6."""
+  workdir = copy_of(trained(scratch, "base"), scratch, "rewind")
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    before = f.read()
+  flags_ = ["--config.restore_step=3", "--config.train.learning_rate=0.01"]
+  out = launch("train", *TINY, f"--workdir={workdir}", *flags_)
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    after = f.read()
+  aside = os.path.isdir(os.path.join(workdir, "best_set_aside"))
+  verdict = f"metrics.json rewritten: {after != before}; old best set aside: {aside}"
+  status = out.status or (0 if after != before and aside else 1)
+  return (
+    Outcome(status, out.stderr + "\n" + verdict, out.seconds),
+    0,
+    "True; old best set aside: True",
+  )
+
+
+def case_flipped_specialist(scratch: str) -> tuple[Outcome, int, str]:
+  out_dir = os.path.join(scratch, "flipspec")
+  export = launch(
+    "export", f"--workdir={trained(scratch, 'base')}", f"--out={out_dir}", "--tasks=3"
+  )
+  assert export.status == 0, export.stderr[-3000:]
+  _flip(_largest_file(os.path.join(out_dir, "3")))
+  return launch("sample", f"--specialist={out_dir}/3", f"--out={scratch}/f.png"), 1, "damaged"
+
+
 def case_sigterm_while_compiling(scratch: str) -> tuple[Outcome, int, str]:
   out = launch("train", *TINY, f"--workdir={scratch}/term", signal_after="compiling the train")
   return out, 143, ""
