@@ -1,4 +1,5 @@
-"""Test setup: 4 fake CPU devices and strict rank promotion, before JAX starts."""
+"""Test setup: 4 fake CPU devices, strict rank promotion and fast, shared compiles, before JAX
+starts; the whole suite runs on pytest-xdist workers (``pytest_xdist_auto_num_workers``)."""
 
 import functools
 import importlib.util
@@ -10,6 +11,15 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Compiling is most of the suite's time. XLA's optimisations off (what the tiny variant's
+# train.fast_compile does) halve it; a persistent cache shared by the xdist workers and the
+# launcher subprocesses (they inherit these variables) compiles each function once.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "projectable-test-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import pytest
@@ -19,11 +29,23 @@ from projectable.experiments.run import train_and_evaluate
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests build many trainers of the same shapes: reuse compiled executables across them.
-jax.config.update(
-  "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "projectable-test-jax-cache")
-)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: nothing without the plugin.
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+  """Workers for ``-n auto`` (pyproject's addopts): the whole suite runs on one per core, up to
+  4 (compiling is single-threaded); tests picked by path, -k or -m run in this process."""
+  if (
+    config.args_source != pytest.Config.ArgsSource.TESTPATHS
+    or config.option.keyword
+    or config.option.markexpr
+  ):
+    return 0
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return min(4, cores) if cores and cores > 1 else 0
 
 
 @pytest.fixture(scope="session")
