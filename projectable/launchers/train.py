@@ -57,8 +57,11 @@ def main(argv: list[str]) -> None:
   host_memory.retain_freed_memory()
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   distributed.require_platform(FLAGS.require_platform)
-  validation.validate(FLAGS.config)  # A bad value is one line (exit 2), before the dump.
-  logging.info("Config:\n%s", FLAGS.config)
+  validation.validate(FLAGS.config)  # A bad value is one line (exit 2), before any work.
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  # The whole config goes to config.json and TensorBoard's text tab; --verbosity=1 prints it.
+  logging.info("config %s, overrides: %s", FLAGS["config"].config_filename, overrides or "none")
+  logging.debug("Config:\n%s", FLAGS.config)
   workdir = workdir_guard.fresh_workdir(FLAGS.workdir) if FLAGS.fresh else FLAGS.workdir
   try:
     train_and_evaluate(FLAGS.config, workdir)
