@@ -28,17 +28,15 @@ from projectable.training.trainer import Trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(workdir: str, log: str, *flags: str, cache: bool = True) -> subprocess.Popen:
+def _launch(workdir: str, log: str, *flags: str) -> subprocess.Popen:
   """``launch/train.py`` on the tiny config, logging to ``log``; shares this process's
-  compilation cache (unless not ``cache``), and its 4 CPU devices (XLA_FLAGS) and mesh as
-  ``tiny_config``."""
+  compilation cache, and its 4 CPU devices (XLA_FLAGS) and mesh as ``tiny_config``."""
   env = {
     **os.environ,
     "PYTHONPATH": REPO,
     "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    "JAX_ENABLE_COMPILATION_CACHE": "true" if cache else "false",
   }
   command = [sys.executable, os.path.join(REPO, "launch", "train.py")]
   command += ["--config", os.path.join(REPO, "configs", "digits.py") + ":tiny"]
@@ -89,7 +87,9 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
 def test_sigterm_while_compiling_stops_at_once_without_training(tmp_path):
   """A preemption notice during the first compilation does not wait for it to finish."""
   workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
-  proc = _launch(workdir, log, cache=False)  # A cache hit could finish before the signal.
+  # A train step of its own shape: no cache hit can finish before the signal, and the
+  # step, never compiled to the end, never enters the cache.
+  proc = _launch(workdir, log, "--config.train.examples_per_task=5")
   assert _wait_until(proc, log, lambda: _logged(log, "compiling the train step"), poll=0.05)
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=120)
