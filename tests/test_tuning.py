@@ -66,6 +66,21 @@ def test_tuning_selects_validations_choice_when_test_disagrees(tiny_config, tmp_
   assert "**dropout 0, learning_rate 0.001: 2.0000**" in md
 
 
+def test_every_trial_spends_its_budget_at_its_own_step_cost(tiny_config, tmp_path):
+  """Dropout's random bits cost FLOPs: each trial's steps come from its own step cost."""
+  grid = tuning.Grid(learning_rates=(1e-3,), dropouts=(0.0, 0.5))
+  _, points = frontier.schedule(
+    tiny_config, str(tmp_path), (32.0,), [0], [0], ("universal", "projectable"), 0.5, grid=grid
+  )
+  data = data_lib.load(tiny_config.data)
+  for method in ("universal", "projectable"):
+    plain, dropped = [p for p in points if p.method == method]
+    assert plain.config.train.num_steps > dropped.config.train.num_steps, method
+    for p in (plain, dropped):
+      per_step = arms.step_flops(p.config, data)
+      assert abs(p.config.train.num_steps * per_step - p.budget_flops) <= per_step / 2
+
+
 def test_rank0_control_projects_with_no_task_conditioned_part(tiny_config):
   config = arms.mode_config(tiny_config, "projectable_rank0", "")
   assert config.mode == "projectable" and config.projector.rank == 0

@@ -52,7 +52,8 @@ class Planner:
     self.source_workdir = source_workdir
     self.data = data_lib.load(config.data)
     self.reference = arms.reference_flops(config, self.data)
-    self._step_flops: dict[str, float] = {}  # Per method: tuned knobs change no FLOPs.
+    # Per method and dropout: the learning rate and the source share change no step's FLOPs.
+    self._step_flops: dict[tuple[str, float, float], float] = {}
 
   def point(self, method: str, budget: float, seed: int, settings: tuning.Settings = ()) -> Point:
     """``method`` at ``budget`` x reference; raises ValueError where it buys no step."""
@@ -70,9 +71,10 @@ class Planner:
         ) from None
       share, source_dir = 1 - source_share, source.workdir
     run_config = arms.mode_config(config, method, source_dir, self.distill_weight)
-    if method not in self._step_flops:
-      self._step_flops[method] = arms.step_flops(run_config, self.data)
-    per_step = self._step_flops[method]
+    cost_key = (method, run_config.model.dropout, run_config.small.dropout)  # Dropout costs.
+    if cost_key not in self._step_flops:
+      self._step_flops[cost_key] = arms.step_flops(run_config, self.data)
+    per_step = self._step_flops[cost_key]
     available = share * budget * self.reference
     if available < per_step:
       what = f"budget {budget:g} x reference = {budget * self.reference:.4g} FLOPs"
