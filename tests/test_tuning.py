@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from projectable import data as data_lib
-from projectable.experiments import arms, frontier, stats, tuning
+from projectable.experiments import arms, frontier, frontier_report, stats, tuning
 
 
 class _Disagreeing:
@@ -64,6 +64,7 @@ def test_tuning_selects_validations_choice_when_test_disagrees(tiny_config, tmp_
   assert "universal_b0.5_do0_lr0.008_seed0" not in trained
   md = (tmp_path / "frontier.md").read_text()
   assert "**dropout 0, learning_rate 0.001: 2.0000**" in md
+  assert md.count(" | no |") == 2  # Two-value grids have no edge worth flagging.
 
 
 def test_every_trial_spends_its_budget_at_its_own_step_cost(tiny_config, tmp_path):
@@ -94,6 +95,16 @@ def test_every_method_gets_the_same_trials_and_controls_on_a_source_more():
   assert {counts[m] for m in arms.FROM_SOURCE} == {24}
   lrs = tuning.DEFAULT_LEARNING_RATES
   assert len(lrs) >= 4 and max(lrs) / min(lrs) >= 16 - 1e-9
+
+
+def test_a_choice_on_the_edge_of_the_grid_is_flagged():
+  grid = {"learning_rates": [5e-4, 1e-3, 2e-3, 8e-3], "dropouts": [0.0, 0.1], "source_shares": []}
+  trial = {"settings": {"learning_rate": 8e-3, "dropout": 0.1}, "val_bits_per_dim": 2.0}
+  inside = {"settings": {"learning_rate": 1e-3, "dropout": 0.1}, "val_bits_per_dim": 2.1}
+  rows = {"method": "universal", "budget": 1.0, "trials": [trial, inside]}
+  (edge,) = frontier_report._tuning([{**rows, "chosen": trial["settings"]}], grid)[-1:]
+  (middle,) = frontier_report._tuning([{**rows, "chosen": inside["settings"]}], grid)[-1:]
+  assert edge.endswith("| learning_rates |") and middle.endswith("| no |")
 
 
 def test_untuned_budgets_take_the_nearest_tuned_one_on_a_log_scale():

@@ -165,16 +165,26 @@ def _convergence(groups: dict[str, dict[float, list[dict]]], best: str | None) -
   return lines
 
 
-def _tuning(trials: list[dict]) -> list[str]:
-  """Table lines: every trial's validation bits/dim, the chosen one in bold."""
+def _at_edge(chosen: dict, grid: dict) -> list[str]:
+  """The knobs whose chosen value is the smallest or largest of a grid of 3 or more."""
+  return [
+    knob
+    for knob, values in grid.items()
+    if len(values) > 2 and chosen.get(knob.removesuffix("s")) in (min(values), max(values))
+  ]
+
+
+def _tuning(trials: list[dict], grid: dict) -> list[str]:
+  """Table lines: every trial's validation bits/dim, the chosen one in bold, and a flag where
+  the choice sits on an edge of a grid (the best may lie beyond it)."""
   if not trials:
     return []
   lines = [
     "",
     "## Tuning: validation bits/dim of every trial (chosen in bold; test never chooses)",
     "",
-    "| method | budget | trials |",
-    "|---|---|---|",
+    "| method | budget | trials | chosen at a grid's edge |",
+    "|---|---|---|---|",
   ]
   for t in trials:
     cells = []
@@ -182,7 +192,8 @@ def _tuning(trials: list[dict]) -> list[str]:
       name = ", ".join(f"{k} {v:g}" for k, v in sorted(trial["settings"].items()))
       cell = f"{name}: {trial['val_bits_per_dim']:.4f}"
       cells.append(f"**{cell}**" if trial["settings"] == t["chosen"] else cell)
-    lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + " |")
+    edge = ", ".join(_at_edge(t["chosen"], grid)) or "no"
+    lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + f" | {edge} |")
   return lines
 
 
@@ -246,7 +257,7 @@ def markdown(result: dict) -> str:
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
   lines += _significance(groups)
   lines += _convergence(groups, baseline_convergence(result)[0])
-  lines += _tuning(result.get("tuning", []))
+  lines += _tuning(result.get("tuning", []), result.get("grid", {}))
   return "\n".join(lines) + "\n"
 
 
