@@ -291,16 +291,21 @@ def frontier(
     "missing": runner.missing,
   }
   if source_workdir:
-    with open(os.path.join(source_workdir, "eval", "metrics.json")) as f:
-      trained = json.load(f)
-    result["trained_source"] = {
-      "workdir": os.path.abspath(source_workdir),
-      "train_flops": trained["train_flops"],
-      "steps": trained["final_step"]["step"],
-      "bits_per_dim": trained["bits_per_dim"]["mean"],
-    }
+    result["trained_source"] = _trained_source(source_workdir)
   frontier_report.write(result, workdir)
   return result
+
+
+def _trained_source(workdir: str) -> dict:
+  """What the amortised frontier's report says of the trained source in ``workdir``."""
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    trained = json.load(f)
+  return {
+    "workdir": os.path.abspath(workdir),
+    "train_flops": trained["train_flops"],
+    "steps": trained["final_step"]["step"],
+    "bits_per_dim": trained["bits_per_dim"]["mean"],
+  }
 
 
 def extend_until_converged(
