@@ -132,6 +132,7 @@ BAD = {
   "train.warmup_steps": NOT_INT | st.integers(max_value=-1) | st.integers(min_value=6),
   "train.weight_decay": NOT_NUMBER | NEGATIVE,
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
+  "train.projector_lr_scale": NOT_NUMBER | NEGATIVE | st.just(0.0),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.remat": st.none() | st.integers() | st.text(max_size=4),

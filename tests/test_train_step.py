@@ -64,6 +64,24 @@ def test_frozen_source_stays_frozen_and_projector_trains(tiny_config):
   assert any(jax.tree.leaves(_changed(before["projector"], after["projector"])))
 
 
+def test_projector_lr_scale_scales_only_the_projectors_updates(tiny_config):
+  base, after, _ = _run_steps(tiny_config, 1)
+  tiny_config.train.projector_lr_scale = 0.25
+  base_scaled, scaled, _ = _run_steps(tiny_config, 1)
+  delta = lambda a, b: jax.tree.map(lambda x, y: np.asarray(y, np.float64) - x, a, b)
+  step, step_scaled = delta(base, after), delta(base_scaled, scaled)
+  # Same start and gradients: the source moves alike, each projector weight a quarter as far
+  # (up to float32 rounding of the stored weights).
+  jax.tree.map(np.testing.assert_array_equal, base, base_scaled)
+  jax.tree.map(np.testing.assert_array_equal, step["source"], step_scaled["source"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(0.25 * a, b, rtol=1e-4, atol=2e-7),
+    step["projector"],
+    step_scaled["projector"],
+  )
+  assert np.abs(step_scaled["projector"]["maps"]["mlp"]["base"]).max() > 0
+
+
 def test_projectable_loss_is_projected_plus_lambda_source(tiny_config):
   tiny_config.lambda_source = 0.0
   _, _, without = _run_steps(tiny_config, 1)

@@ -97,6 +97,20 @@ def test_every_method_gets_the_same_trials_and_controls_on_a_source_more():
   assert len(lrs) >= 4 and max(lrs) / min(lrs) >= 16 - 1e-9
 
 
+def test_projector_lr_scales_are_a_knob_of_the_projected_methods_only(tiny_config):
+  grid = tuning.Grid(learning_rates=(1e-3,), dropouts=(0.0,), projector_lr_scales=(0.3, 1.0))
+  assert {m for m in frontier.ARMS if len(grid.trials(m)) == 2} == {
+    "projectable",
+    "projectable_rank0",
+    *arms.PROJECTORS_ON_SOURCE,
+  }
+  settings = grid.trials("projectable")[0]
+  assert tuning.tag(settings) == "do0_lr0.001_ps0.3"
+  config = arms.mode_config(tiny_config, "projectable", "")
+  tuning.apply(config, "projectable", settings)
+  assert config.train.projector_lr_scale == 0.3 and config.train.learning_rate == 1e-3
+
+
 def test_a_choice_on_the_edge_of_the_grid_is_flagged():
   grid = {"learning_rates": [5e-4, 1e-3, 2e-3, 8e-3], "dropouts": [0.0, 0.1], "source_shares": []}
   trial = {"settings": {"learning_rate": 8e-3, "dropout": 0.1}, "val_bits_per_dim": 2.0}

@@ -43,7 +43,7 @@ _WARM_STARTED = (*PROJECTORS_ON_SOURCE, "weight_selection_ft")
 ARMS = (*TRAINED, "weight_selection", *FROM_SOURCE)
 # What a comparison runs unless told: every method but the projectors on a trained source.
 DEFAULT_ARMS = tuple(m for m in ARMS if m not in PROJECTORS_ON_SOURCE)
-_MODES = {
+MODES = {  # The training mode of each method that is not a mode itself.
   "projectable_rank0": "projectable",
   "projectable_tuned": "projectable",
   "projectable_frozen": "projectable",
@@ -82,7 +82,7 @@ def mode_config(
   weight_selection_ft) or distill from (*_distill, alpha = ``distill_weight``) the source
   in ``source_workdir``; projectable_frozen keeps it fixed."""
   config = base.copy_and_resolve_references()
-  config.mode = _MODES.get(method, method)
+  config.mode = MODES.get(method, method)
   if method == "projectable_rank0":
     config.projector.rank = 0
   if method in _WARM_STARTED:

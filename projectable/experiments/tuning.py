@@ -5,7 +5,8 @@ dropout of the model it trains (the small model's ``small.dropout``; the source'
 ``model.dropout`` for the ``source`` method). The methods built on a source
 (``arms.FROM_SOURCE``) also choose the share of their budget spent on that source, so
 they get ``len(source_shares)`` times as many trials: more tuning for the controls,
-never less. A method's settings at a budget are the trial with the lowest validation
+never less. ``projector_lr_scales`` (empty by default) is a knob of the projected methods
+only; where set, give the baselines as many trials (e.g. a finer learning-rate grid). A method's settings at a budget are the trial with the lowest validation
 bits/dim at that budget when the budget is tuned, else those of the nearest tuned
 budget on the log scale (the cheaper one on a tie).
 """
@@ -35,12 +36,15 @@ class Grid:
   learning_rates: tuple[float, ...] = DEFAULT_LEARNING_RATES
   dropouts: tuple[float, ...] = DEFAULT_DROPOUTS
   source_shares: tuple[float, ...] = ()
+  projector_lr_scales: tuple[float, ...] = ()
 
   def trials(self, method: str) -> list[Settings]:
     """Every setting ``method`` is trained with at a tuned budget, in a fixed order."""
     axes = [("learning_rate", self.learning_rates), ("dropout", self.dropouts)]
     if method in arms.FROM_SOURCE:
       axes.append(("source_share", self.source_shares))
+    if arms.MODES.get(method, method) == "projectable":
+      axes.append(("projector_lr_scale", self.projector_lr_scales))
     settings: list[Settings] = [()]
     for knob, values in axes:
       if values:
@@ -48,7 +52,7 @@ class Grid:
     return [tuple(sorted(s)) for s in settings]
 
 
-UNTUNED = Grid(learning_rates=(), dropouts=(), source_shares=())
+UNTUNED = Grid(learning_rates=(), dropouts=())
 
 
 def apply(config: ml_collections.ConfigDict, method: str, settings: Settings) -> None:
@@ -58,11 +62,13 @@ def apply(config: ml_collections.ConfigDict, method: str, settings: Settings) ->
       config.train.learning_rate = value
     elif knob == "dropout":
       (config.model if method == "source" else config.small).dropout = value
+    elif knob == "projector_lr_scale":
+      config.train.projector_lr_scale = value
 
 
 def tag(settings: Settings) -> str:
   """A short, path-safe name of ``settings`` ('' for the config's own)."""
-  short = {"learning_rate": "lr", "dropout": "do", "source_share": "ss"}
+  short = {"learning_rate": "lr", "dropout": "do", "source_share": "ss", "projector_lr_scale": "ps"}
   return "_".join(f"{short[k]}{v:g}" for k, v in settings)
 
 

@@ -84,6 +84,12 @@ flags.DEFINE_list(
   [f"{v:g}" for v in tuning.DEFAULT_SOURCE_SHARES],
   "Shares of the budget the methods built on a source spend on it (tuned; empty: --source_share).",
 )
+flags.DEFINE_list(
+  "projector_lr_scales",
+  [],
+  "Projector learning-rate multiples the projected methods are also tuned over (default: "
+  "none, train.projector_lr_scale); give the baselines as many trials.",
+)
 flags.DEFINE_list("tune_budgets", [], "Budgets where tuning runs (default: every budget).")
 flags.DEFINE_string(
   "multi_seed_from", None, "Budgets from this one on get --top_seeds (default: the largest)."
@@ -114,6 +120,7 @@ def main(argv: list[str]) -> None:
     tuple(_numbers("learning_rates")),
     tuple(_numbers("dropouts")),
     tuple(_numbers("source_shares")),
+    tuple(_numbers("projector_lr_scales")),
   )
   seed_from = _numbers("multi_seed_from")
   run = lambda budgets: frontier.frontier(

@@ -57,6 +57,10 @@ def _add_train(c: ConfigDict) -> None:
   c.train.warmup_steps = 50  # Linear warmup steps before cosine decay to zero.
   c.train.weight_decay = 0.01  # AdamW decoupled weight decay on matrices.
   c.train.grad_clip = 1.0  # Global gradient-norm clip.
+  # Projectable mode: the projectors' learning rate as a multiple of learning_rate (the source
+  # keeps learning_rate). At lambda_source=0 the small weights are products of source and
+  # projector weights that Adam moves separately (docs/method.md).
+  c.train.projector_lr_scale = 1.0
   c.train.freeze_source = False  # Projectable mode: train projectors only, source fixed.
   c.train.eval_every = 100  # Steps between val/test evaluations (best step chosen on val).
   c.train.log_every = 20  # Steps between train-metric logs.

@@ -35,8 +35,14 @@ def learning_rate_schedule(train: OptimizerConfig) -> optax.Schedule:
   )
 
 
-def build_optimizer(train: OptimizerConfig, trainable: dict) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update."""
+def build_optimizer(
+  train: OptimizerConfig, trainable: dict, lr_scales: dict | None = None
+) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update.
+
+  ``lr_scales`` (same tree as the params, or None) multiplies each weight's update, i.e. its
+  learning rate and decoupled weight decay alike: per-group learning rates.
+  """
   schedule = learning_rate_schedule(train)
   adamw = optax.chain(
     optax.clip_by_global_norm(train.grad_clip),
@@ -47,7 +53,11 @@ def build_optimizer(train: OptimizerConfig, trainable: dict) -> optax.GradientTr
     ),
   )
   labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
-  return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+  optimizer = optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+  if lr_scales is None:
+    return optimizer
+  scale = lambda updates, _: jax.tree.map(lambda u, s: u * s, updates, lr_scales)
+  return optax.chain(optimizer, optax.stateless(scale))
 
 
 class Trainer:
@@ -58,7 +68,7 @@ class Trainer:
     self.method = method
     self.mesh = mesh
     rules = self.step.rules
-    self.optimizer = build_optimizer(self.step.optimizer, method.trainable())
+    self.optimizer = build_optimizer(self.step.optimizer, method.trainable(), method.lr_scales())
     self.schedule = learning_rate_schedule(self.step.optimizer)
     self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
     abstract_params = jax.eval_shape(method.init, jax.random.key(0))

@@ -22,6 +22,7 @@ class OptimizerConfig:
   num_steps: int  # Steps of the cosine schedule.
   weight_decay: float  # Decoupled weight decay on matrices.
   grad_clip: float  # Global gradient-norm clip.
+  projector_lr_scale: float = 1.0  # Projectable: the projector's rate, times learning_rate.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,7 @@ class StepConfig:
         num_steps=train.num_steps,
         weight_decay=train.weight_decay,
         grad_clip=train.grad_clip,
+        projector_lr_scale=float(train.projector_lr_scale),
       ),
     )
 

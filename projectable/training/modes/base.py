@@ -66,6 +66,10 @@ class Method:
     """Same tree as the params; False marks weights the optimizer must not touch."""
     return jax.tree.map(lambda _: True, self.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
 
+  def lr_scales(self) -> dict | None:
+    """Same tree as the params: each weight's learning-rate multiplier (None: all 1)."""
+    return None
+
   def loss(self, params: dict, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
     raise NotImplementedError
 

@@ -75,6 +75,17 @@ class ProjectableMethod(Method):
       trainable["source"] = jax.tree.map(lambda _: False, trainable["source"])
     return trainable
 
+  def lr_scales(self):
+    scale = self.step.optimizer.projector_lr_scale
+    if scale == 1:
+      return None  # One optimizer group: the optimizer state of earlier runs still restores.
+    axes = self.logical_axes()
+    is_axes = lambda x: isinstance(x, tuple)
+    return {
+      "source": jax.tree.map(lambda _: 1.0, axes["source"], is_leaf=is_axes),
+      "projector": jax.tree.map(lambda _: scale, axes["projector"], is_leaf=is_axes),
+    }
+
   def specialist(self, params, task_id, task_C):
     return projector.project(params["source"], params["projector"], task_C)
 
