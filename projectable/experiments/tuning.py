@@ -6,7 +6,8 @@ dropout of the model it trains (the small model's ``small.dropout``; the source'
 (``arms.FROM_SOURCE``) also choose the share of their budget spent on that source, so
 they get ``len(source_shares)`` times as many trials: more tuning for the controls,
 never less. ``projector_lr_scales`` (empty by default) is a knob of the projected methods
-only; where set, give the baselines as many trials (e.g. a finer learning-rate grid). A method's settings at a budget are the trial with the lowest validation
+only; where set, give the baselines as many trials (e.g. a finer learning-rate grid).
+A method's settings at a budget are the trial with the lowest validation
 bits/dim at that budget when the budget is tuned, else those of the nearest tuned
 budget on the log scale (the cheaper one on a tie).
 """
