@@ -50,6 +50,22 @@ def test_digits_via_tfds_equal_scikit_learns_arrays_split_per_class(tfds_dir):
     np.testing.assert_array_equal(getattr(data, name).labels, raw.target[split_rows])
 
 
+def test_digits_as_user_arrays_with_max_value_equal_the_digits_source(tfds_dir, tmp_path):
+  from sklearn.datasets import load_digits as sklearn_digits
+
+  raw = sklearn_digits()
+  images = raw.images.astype(np.uint8)
+  path = _npz(tmp_path / "digits.npz", image=images, label=raw.target, max_value=np.array(16))
+  mine = data_lib.load(_cfg("", name="arrays", path=path))
+  digits = data_lib.load(_cfg(tfds_dir, name="digits"))
+  for split in ("train", "val", "test"):
+    np.testing.assert_array_equal(getattr(mine, split).tokens, getattr(digits, split).tokens)
+    np.testing.assert_array_equal(getattr(mine, split).labels, getattr(digits, split).labels)
+  # Without max_value the same arrays read as 0..255 intensities: other tokens.
+  path = _npz(tmp_path / "digits255.npz", image=images, label=raw.target)
+  assert data_lib.load(_cfg("", name="arrays", path=path)).train.tokens.max() < 2
+
+
 def test_fashion_mnist_counts_shapes_labels_and_downsampling(fashion):
   assert len(fashion.train.labels) + len(fashion.val.labels) == 60000
   assert len(fashion.test.labels) == 10000
@@ -137,6 +153,14 @@ def test_tasks_are_unions_of_classes(tfds_dir):
   for pool, classes in zip(data.task_indices(data.test), data.task_classes, strict=True):
     assert set(data.test.labels[pool]) == set(classes)
   assert data_lib.parse_tasks({"a": [3, "1"]}, tuple("0123")) == (("a",), ((1, 3),))
+
+
+def test_bad_max_value_raises_a_clear_error(tmp_path):
+  image, label = np.full((4, 2, 2), 20, np.uint8), np.zeros(4, int)
+  for max_value, match in ((np.array([16, 16]), "must be one number"), (np.array(16), "holds 20")):
+    path = _npz(tmp_path / "bad.npz", image=image, label=label, max_value=max_value)
+    with pytest.raises(ValueError, match=match):
+      sources.open_arrays(path)
 
 
 @pytest.mark.parametrize(

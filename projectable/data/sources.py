@@ -7,8 +7,10 @@
   once as a TFDS dataset in ``config.data.tfds_data_dir``.
 * ``arrays``: a ``.npz`` (``config.data.path``) with ``image`` (N, H, W) or
   (N, H, W, C) uint8 and ``label`` (N,) integers, optionally ``class_names``
-  (K,) strings (default: '0'..str(max label)); ``config.data.test_path`` names
-  an optional test ``.npz`` of the same form (else test is carved from it).
+  (K,) strings (default: '0'..str(max label)) and ``max_value``, the largest possible
+  intensity (a scalar; default 255, e.g. 16 for scikit-learn's digits);
+  ``config.data.test_path`` names an optional test ``.npz`` of the same form (else
+  test is carved from it).
 * any other name: a TFDS image classification dataset (e.g. ``mnist``) already
   prepared in ``config.data.tfds_data_dir`` in the ArrayRecord format.
 
@@ -111,7 +113,20 @@ def _load_npz(path: str, field: str) -> dict[str, np.ndarray]:
     )
   if not len(image):
     raise ValueError(f"config.data.{field}={path!r} holds no images")
+  if "max_value" in arrays:
+    _check_max_value(arrays["max_value"], image, f"config.data.{field}={path!r}")
   return arrays
+
+
+def _check_max_value(max_value: np.ndarray, image: np.ndarray, where: str) -> None:
+  ok = max_value.shape == () and np.issubdtype(max_value.dtype, np.number)
+  if not ok or not 0 < float(max_value) <= 255:
+    raise ValueError(f"{where}: 'max_value' must be one number in (0, 255], not {max_value!r}")
+  if image.max() > max_value:
+    raise ValueError(
+      f"{where}: an image holds {image.max()}, above its 'max_value' {max_value}; "
+      "store the largest possible intensity"
+    )
 
 
 def _check_labels(label: np.ndarray, num_classes: int, path: str) -> None:
@@ -135,6 +150,8 @@ def open_arrays(path: str, test_path: str = "") -> Source:
   _check_labels(train["label"], len(class_names), path)
   if test is not None:
     _check_labels(test["label"], len(class_names), test_path)
+    if "max_value" in train:
+      _check_max_value(train["max_value"], test["image"], f"config.data.test_path={test_path!r}")
     if test["image"].shape[1:] != train["image"].shape[1:]:
       raise ValueError(
         f"config.data.test_path images {test['image'].shape[1:]} differ from "
@@ -146,5 +163,5 @@ def open_arrays(path: str, test_path: str = "") -> Source:
     test=None if test is None else ArraySource(test["image"], test["label"].astype(np.int32)),
     class_names=class_names,
     image_shape=tuple(train["image"].shape[1:]),
-    max_value=255.0,
+    max_value=float(train.get("max_value", 255.0)),
   )
