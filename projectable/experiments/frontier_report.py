@@ -61,6 +61,10 @@ def merge(results: Sequence[dict]) -> dict:
   merged["points"] = [p for r in results for p in r["points"]]
   merged["tuning"] = [t for r in results for t in r.get("tuning", [])]
   merged["missing"] = [m for r in results for m in r.get("missing", [])]
+  grids = [r["grid"] for r in results if "grid" in r]
+  if grids:  # Each knob's values over every frontier, so the grid-edge flags still hold.
+    knobs = {k: None for g in grids for k in g}
+    merged["grid"] = {k: sorted({v for g in grids for v in g.get(k, [])}) for k in knobs}
   if lambdas:
     merged["lambda_source"] = lambdas.pop()
   if "trained_source" in first:
