@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -354,3 +356,15 @@ def test_evaluating_a_specialist_with_nan_weights_is_refused(workdir, exported, 
   save_specialist(path, specialist.cfg, broken, meta)  # Saved as given: intact NaNs.
   with pytest.raises(FloatingPointError, match="non-finite bits/dim"):
     export.evaluate_specialist(path, restore.read_config(workdir))
+
+
+def test_tensorflow_imports_without_its_native_start_up_notices():
+  code = "from projectable.specialists import tflite; tflite._import_quietly('tensorflow')"
+  quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert "oneDNN" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr, quiet.stderr
+  # An import that fails still raises, and stderr (fd 2) is the same file afterwards.
+  before = os.fstat(2)
+  with pytest.raises(ModuleNotFoundError):
+    tflite._import_quietly("no_such_module_here")
+  after = os.fstat(2)
+  assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -54,12 +56,27 @@ def require() -> None:
     )
 
 
+def _import_quietly(name: str):
+  """``importlib.import_module(name)`` with the process's stderr (fd 2) closed off meanwhile:
+  TensorFlow's and LiteRT's C++ start-up notices (oneDNN, absl's pre-init warning) bypass
+  Python logging and TF_CPP_MIN_LOG_LEVEL. An import error still raises, after fd 2 is back."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    return importlib.import_module(name)
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def convert(cfg: ModelConfig, params: dict, directory: str, batch: int = DEFAULT_BATCH) -> str:
   """Writes ``directory/saved_model/`` and ``directory/model.tflite``; returns the latter.
 
   ``batch`` is the B of the ``logits`` and ``decode`` signatures.
   """
-  import tensorflow as tf
+  tf = _import_quietly("tensorflow")
   from jax.experimental import jax2tf
 
   if cfg.num_classes:
@@ -117,9 +134,8 @@ def convert(cfg: ModelConfig, params: dict, directory: str, batch: int = DEFAULT
 
 
 def _runner(path: str, signature: str):
-  from ai_edge_litert.interpreter import Interpreter
-
-  return Interpreter(model_path=path).get_signature_runner(signature)
+  interpreter = _import_quietly("ai_edge_litert.interpreter").Interpreter
+  return interpreter(model_path=path).get_signature_runner(signature)
 
 
 def litert_logits(path: str, tokens_BxL: np.ndarray) -> np.ndarray:
