@@ -133,6 +133,7 @@ BAD = {
   "train.weight_decay": NOT_NUMBER | NEGATIVE,
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
   "train.projector_lr_scale": NOT_NUMBER | NEGATIVE | st.just(0.0),
+  "projector.scales_about_one": st.none() | st.integers() | st.text(max_size=4),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.remat": st.none() | st.integers() | st.text(max_size=4),

@@ -149,3 +149,32 @@ def test_vmapped_project_shares_the_core_across_tasks():
 
   vmapped = flops(jax.vmap(projector.project, in_axes=(None, None, 0)))
   assert vmapped <= 1.1 * flops(projector.project_tasks)
+
+
+def _about_one(source, proj, task):
+  shifted = projector.shift_scales(source, -1.0)
+  return projector.shift_scales(projector.project(shifted, proj, task), 1.0)
+
+
+def test_scales_about_one_are_the_selection_and_ignore_the_maps_column_sums():
+  source, task = _source_params(), jax.nn.one_hot(3, 10)
+  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(4), jax.random.key(2))
+  # While the maps select coordinates, both projections are the selected sub-network.
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    projector.project(source, proj, task),
+    _about_one(source, proj, task),
+  )
+  # Every unselected row of the residual map one small step up, as Adam moves them together.
+  fresh = model.init_params(SRC, jax.random.key(0))  # LayerNorm scales at 1.
+  base = proj["maps"]["residual"]["base"]
+  proj["maps"]["residual"]["base"] = base.at[SMALL.d :].add(0.01)
+  plain = projector.project(fresh, proj, task)
+  about_one = _about_one(fresh, proj, task)
+  extra = 0.01 * (SRC.d - SMALL.d)
+  np.testing.assert_allclose(plain["blocks"]["ln2_scale"], 1 + extra, rtol=1e-5)
+  np.testing.assert_allclose(plain["final_ln_scale"], 1 + extra, rtol=1e-5)
+  np.testing.assert_allclose(about_one["blocks"]["ln2_scale"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(about_one["final_ln_scale"], 1.0, rtol=1e-6)
+  # Everything else is projected alike.
+  np.testing.assert_allclose(about_one["blocks"]["w1"], plain["blocks"]["w1"], rtol=1e-6)

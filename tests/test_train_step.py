@@ -82,6 +82,22 @@ def test_projector_lr_scale_scales_only_the_projectors_updates(tiny_config):
   assert np.abs(step_scaled["projector"]["maps"]["mlp"]["base"]).max() > 0
 
 
+def test_scales_about_one_route_every_projection_of_the_mode(tiny_config):
+  tiny_config.projector.scales_about_one = True
+  data = data_lib.load(tiny_config.data)
+  method = make_method(tiny_config, data)
+  params = method.init(jax.random.key(0))
+  base = params["projector"]["maps"]["residual"]["base"]
+  params["projector"]["maps"]["residual"]["base"] = base + 0.01  # Mixes every coordinate.
+  task_C = jax.numpy.asarray(data.task_descriptors()[0])
+  small = method.specialist(params, 0, task_C)
+  np.testing.assert_allclose(small["final_ln_scale"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(small["blocks"]["ln1_scale"], 1.0, rtol=1e-6)
+  tiny_config.projector.scales_about_one = False
+  plain = make_method(tiny_config, data).specialist(params, 0, task_C)
+  assert np.all(np.asarray(plain["final_ln_scale"]) > 1.01)
+
+
 def test_projectable_loss_is_projected_plus_lambda_source(tiny_config):
   tiny_config.lambda_source = 0.0
   _, _, without = _run_steps(tiny_config, 1)

@@ -39,6 +39,24 @@ class ProjectorConfig:
   rank: int  # k: rank of the task-dependent part; 0 = task-independent maps.
   form: str = "factored"  # 'factored' (U diag(z) V^T) or 'full' (k full bases).
   code_std: float = 1.0  # Initial scale of the per-class task codes.
+  scales_about_one: bool = False  # Project LayerNorm scales as deviations from 1.
+
+
+LN_SCALES = ("ln1_scale", "ln2_scale")
+
+
+def shift_scales(weights: dict, by: float) -> dict:
+  """``weights`` (a source's or a small model's, any leading axes) with ``by`` added to
+  every LayerNorm scale.
+
+  Projected as they are, LayerNorm scales (ones at initialisation) become the residual
+  map's column sums: every Adam step on the map's d_in rows moves them together, and all
+  layers' scales alike. Projecting ``scale - 1`` and adding 1 back
+  (``ProjectorConfig.scales_about_one``) is the same specialist while the map selects
+  coordinates, and leaves the scales to the source once the map mixes them.
+  """
+  blocks = {**weights["blocks"], **{k: weights["blocks"][k] + by for k in LN_SCALES}}
+  return {**weights, "blocks": blocks, "final_ln_scale": weights["final_ln_scale"] + by}
 
 
 def selection_indices(src: ModelConfig, small: ModelConfig) -> dict[str, np.ndarray]:

@@ -118,6 +118,9 @@ def _add_method(c: ConfigDict) -> None:
   c.projector.rank = 8  # k: rank of the task-conditioned part; 0 = task-independent.
   c.projector.form = "factored"  # 'factored' (A0 + U diag(z) V^T) or 'full' (k full bases).
   c.projector.code_std = 1.0  # Initial scale of the per-class task codes.
+  # Project LayerNorm scales as deviations from 1 (core/projector.shift_scales): the residual
+  # map's column sums then no longer move every layer's scales together (docs/method.md).
+  c.projector.scales_about_one = False
 
   c.sharding = ConfigDict()
   # Logical axis -> mesh axis ('' = replicated). FSDP: embed='data'. The small model's

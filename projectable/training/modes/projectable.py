@@ -87,7 +87,15 @@ class ProjectableMethod(Method):
     }
 
   def specialist(self, params, task_id, task_C):
-    return projector.project(params["source"], params["projector"], task_C)
+    return self._project(projector.project, params, task_C)
+
+  def _project(self, project, params: dict, tasks: jax.Array) -> dict:
+    """``project`` (``projector.project`` or ``project_tasks``) of ``params`` for ``tasks``,
+    LayerNorm scales about one where the projector config says so."""
+    if not self.proj.scales_about_one:
+      return project(params["source"], params["projector"], tasks)
+    shifted = projector.shift_scales(params["source"], -1.0)
+    return projector.shift_scales(project(shifted, params["projector"], tasks), 1.0)
 
   @property
   def trains_source_loss(self) -> bool:
@@ -103,7 +111,7 @@ class ProjectableMethod(Method):
   def loss(self, params, batch, key):
     k_small, k_src = jax.random.split(key)
     tokens, task = batch["tokens"], batch["task"]
-    small_M = projector.project_tasks(params["source"], params["projector"], task)
+    small_M = self._project(projector.project_tasks, params, task)
     logits = per_task_logits(self.small, self._place_small(small_M), tokens, k_small)
     projected = model.token_nll(logits, tokens).mean()
     metrics, loss = {"nll": projected}, projected
