@@ -82,6 +82,22 @@ def test_every_trial_spends_its_budget_at_its_own_step_cost(tiny_config, tmp_pat
       assert abs(p.config.train.num_steps * per_step - p.budget_flops) <= per_step / 2
 
 
+def test_a_trial_that_trains_the_sources_own_loss_buys_fewer_steps(tiny_config, tmp_path):
+  grid = tuning.Grid(learning_rates=(1e-3,), dropouts=(0.0,), lambda_sources=(0.0, 1.0))
+  assert len(grid.trials("universal")) == 1 and len(grid.trials("projectable")) == 2
+  _, points = frontier.schedule(
+    tiny_config, str(tmp_path), (32.0,), [0], [0], ("projectable",), 0.5, grid=grid
+  )
+  at_0, at_1 = points
+  assert (at_0.config.lambda_source, at_1.config.lambda_source) == (0.0, 1.0)
+  assert at_1.workdir.endswith("lam1_lr0.001_seed0")
+  data = data_lib.load(tiny_config.data)
+  assert at_0.config.train.num_steps > 1.2 * at_1.config.train.num_steps
+  for p in points:
+    per_step = arms.step_flops(p.config, data)
+    assert abs(p.config.train.num_steps * per_step - p.budget_flops) <= per_step / 2
+
+
 def test_rank0_control_projects_with_no_task_conditioned_part(tiny_config):
   config = arms.mode_config(tiny_config, "projectable_rank0", "")
   assert config.mode == "projectable" and config.projector.rank == 0

@@ -52,8 +52,8 @@ class Planner:
     self.source_workdir = source_workdir
     self.data = data_lib.load(config.data)
     self.reference = arms.reference_flops(config, self.data)
-    # Per method and dropout: the learning rate and the source share change no step's FLOPs.
-    self._step_flops: dict[tuple[str, float, float], float] = {}
+    # Per method, dropout and λ: the learning rate and the source share change no step's FLOPs.
+    self._step_flops: dict[tuple[str, float, float, float], float] = {}
 
   def point(self, method: str, budget: float, seed: int, settings: tuning.Settings = ()) -> Point:
     """``method`` at ``budget`` x reference; raises ValueError where it buys no step."""
@@ -71,7 +71,13 @@ class Planner:
         ) from None
       share, source_dir = 1 - source_share, source.workdir
     run_config = arms.mode_config(config, method, source_dir, self.distill_weight)
-    cost_key = (method, run_config.model.dropout, run_config.small.dropout)  # Dropout costs.
+    # Dropout costs FLOPs, and λ > 0 the source's own loss.
+    cost_key = (
+      method,
+      run_config.model.dropout,
+      run_config.small.dropout,
+      run_config.lambda_source,
+    )
     if cost_key not in self._step_flops:
       self._step_flops[cost_key] = arms.step_flops(run_config, self.data)
     per_step = self._step_flops[cost_key]

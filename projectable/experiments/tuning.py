@@ -5,8 +5,10 @@ dropout of the model it trains (the small model's ``small.dropout``; the source'
 ``model.dropout`` for the ``source`` method). The methods built on a source
 (``arms.FROM_SOURCE``) also choose the share of their budget spent on that source, so
 they get ``len(source_shares)`` times as many trials: more tuning for the controls,
-never less. ``projector_lr_scales`` (empty by default) is a knob of the projected methods
-only; where set, give the baselines as many trials (e.g. a finer learning-rate grid).
+never less. ``projector_lr_scales`` and ``lambda_sources`` (empty by default) are knobs
+of the projected methods only; where set, give the baselines as many trials (e.g. a finer
+learning-rate grid). A trial at lambda_source > 0 pays for the source's own loss: it buys
+fewer steps of the same budget.
 A method's settings at a budget are the trial with the lowest validation
 bits/dim at that budget when the budget is tuned, else those of the nearest tuned
 budget on the log scale (the cheaper one on a tie).
@@ -38,6 +40,7 @@ class Grid:
   dropouts: tuple[float, ...] = DEFAULT_DROPOUTS
   source_shares: tuple[float, ...] = ()
   projector_lr_scales: tuple[float, ...] = ()
+  lambda_sources: tuple[float, ...] = ()
 
   def trials(self, method: str) -> list[Settings]:
     """Every setting ``method`` is trained with at a tuned budget, in a fixed order."""
@@ -46,6 +49,7 @@ class Grid:
       axes.append(("source_share", self.source_shares))
     if arms.MODES.get(method, method) == "projectable":
       axes.append(("projector_lr_scale", self.projector_lr_scales))
+      axes.append(("lambda_source", self.lambda_sources))
     settings: list[Settings] = [()]
     for knob, values in axes:
       if values:
@@ -65,11 +69,19 @@ def apply(config: ml_collections.ConfigDict, method: str, settings: Settings) ->
       (config.model if method == "source" else config.small).dropout = value
     elif knob == "projector_lr_scale":
       config.train.projector_lr_scale = value
+    elif knob == "lambda_source":
+      config.lambda_source = value
 
 
 def tag(settings: Settings) -> str:
   """A short, path-safe name of ``settings`` ('' for the config's own)."""
-  short = {"learning_rate": "lr", "dropout": "do", "source_share": "ss", "projector_lr_scale": "ps"}
+  short = {
+    "learning_rate": "lr",
+    "dropout": "do",
+    "source_share": "ss",
+    "projector_lr_scale": "ps",
+    "lambda_source": "lam",
+  }
   return "_".join(f"{short[k]}{v:g}" for k, v in settings)
 
 

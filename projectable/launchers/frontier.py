@@ -90,6 +90,12 @@ flags.DEFINE_list(
   "Projector learning-rate multiples the projected methods are also tuned over (default: "
   "none, train.projector_lr_scale); give the baselines as many trials.",
 )
+flags.DEFINE_list(
+  "lambda_sources",
+  [],
+  "Weights of the source's own NLL the projected methods are also tuned over (default: none, "
+  "λ=0 or --config.lambda_source); a trial at λ > 0 buys fewer steps of its budget.",
+)
 flags.DEFINE_list("tune_budgets", [], "Budgets where tuning runs (default: every budget).")
 flags.DEFINE_string(
   "multi_seed_from", None, "Budgets from this one on get --top_seeds (default: the largest)."
@@ -121,6 +127,7 @@ def main(argv: list[str]) -> None:
     tuple(_numbers("dropouts")),
     tuple(_numbers("source_shares")),
     tuple(_numbers("projector_lr_scales")),
+    tuple(_numbers("lambda_sources")),
   )
   seed_from = _numbers("multi_seed_from")
   run = lambda budgets: frontier.frontier(
