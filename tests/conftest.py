@@ -1,9 +1,11 @@
 """Test setup: 4 fake CPU devices, strict rank promotion and fast, shared compiles, before JAX
 starts; the whole suite runs on pytest-xdist workers (``pytest_xdist_auto_num_workers``)."""
 
+import copy
 import functools
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 
@@ -81,6 +83,29 @@ def flip_middle_bytes():
   return flip
 
 
+@pytest.fixture(scope="session")
+def saved_states():
+  """``saved_states(config, workdir, steps)``: the train states ``config``'s run saved in
+  ``workdir`` at ``steps``, as host numpy."""
+  from projectable import data as data_lib
+  from projectable.training import checkpoints, sharding
+  from projectable.training.modes import make_method
+  from projectable.training.trainer import Trainer
+
+  def states(config, workdir: str, steps) -> dict[int, dict]:
+    data = data_lib.load(config.data)
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+      trainer = Trainer(make_method(config, data), mesh)
+      ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
+      try:
+        return {s: jax.device_get(ckpts.restore_state(trainer.abstract_state, s)) for s in steps}
+      finally:
+        ckpts.close()
+
+  return states
+
+
 @pytest.fixture
 def tiny_config():
   """The digits ``tiny`` variant on one device, unlocked for per-test overrides."""
@@ -89,6 +114,27 @@ def tiny_config():
   config = digits.get_config("tiny")
   config.mesh = "data:1,model:1"
   return config
+
+
+@pytest.fixture(scope="session")
+def _trained_tiny_run(tmp_path_factory):
+  """(workdir, metrics) of a finished ``tiny_config`` run, trained once per xdist worker."""
+  from configs import digits
+
+  config = digits.get_config("tiny")
+  config.mesh = "data:1,model:1"  # As tiny_config.
+  workdir = str(tmp_path_factory.mktemp("tiny-run"))
+  return workdir, train_and_evaluate(config, workdir)
+
+
+@pytest.fixture
+def trained_tiny_run(_trained_tiny_run, tmp_path):
+  """``train_and_evaluate(tiny_config, str(tmp_path))`` done: ``tmp_path`` holds a copy of
+  one finished ``tiny_config`` run (training is deterministic: the same files a fresh run
+  writes); returns that run's metrics. Tests may change the copy freely."""
+  workdir, metrics = _trained_tiny_run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  return copy.deepcopy(metrics)
 
 
 @pytest.fixture(scope="session")
