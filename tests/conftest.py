@@ -117,8 +117,9 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
-def _trained_tiny_run(tmp_path_factory):
-  """(workdir, metrics) of a finished ``tiny_config`` run, trained once per xdist worker."""
+def finished_tiny_run(tmp_path_factory):
+  """(workdir, metrics) of a finished ``tiny_config`` run, trained once per xdist worker and
+  shared: read it only (``trained_tiny_run`` gives a test its own copy)."""
   from configs import digits
 
   config = digits.get_config("tiny")
@@ -128,11 +129,11 @@ def _trained_tiny_run(tmp_path_factory):
 
 
 @pytest.fixture
-def trained_tiny_run(_trained_tiny_run, tmp_path):
+def trained_tiny_run(finished_tiny_run, tmp_path):
   """``train_and_evaluate(tiny_config, str(tmp_path))`` done: ``tmp_path`` holds a copy of
   one finished ``tiny_config`` run (training is deterministic: the same files a fresh run
   writes); returns that run's metrics. Tests may change the copy freely."""
-  workdir, metrics = _trained_tiny_run
+  workdir, metrics = finished_tiny_run
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   return copy.deepcopy(metrics)
 
