@@ -4,6 +4,7 @@ starts; the whole suite runs on pytest-xdist workers (``pytest_xdist_auto_num_wo
 import copy
 import functools
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -116,16 +117,35 @@ def tiny_config():
   return config
 
 
+class _Records(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
 @pytest.fixture(scope="session")
 def finished_tiny_run(tmp_path_factory):
-  """(workdir, metrics) of a finished ``tiny_config`` run, trained once per xdist worker and
-  shared: read it only (``trained_tiny_run`` gives a test its own copy)."""
+  """(workdir, metrics, absl's log records at INFO) of a finished ``tiny_config`` run,
+  trained once per xdist worker and shared: read it only (``trained_tiny_run`` gives a test
+  its own copy)."""
   from configs import digits
 
   config = digits.get_config("tiny")
   config.mesh = "data:1,model:1"  # As tiny_config.
   workdir = str(tmp_path_factory.mktemp("tiny-run"))
-  return workdir, train_and_evaluate(config, workdir)
+  absl = logging.getLogger("absl")
+  handler, level = _Records(), absl.level
+  absl.addHandler(handler)
+  absl.setLevel(logging.INFO)
+  try:
+    metrics = train_and_evaluate(config, workdir)
+  finally:
+    absl.removeHandler(handler)
+    absl.setLevel(level)
+  return workdir, metrics, handler.records
 
 
 @pytest.fixture
@@ -133,7 +153,7 @@ def trained_tiny_run(finished_tiny_run, tmp_path):
   """``train_and_evaluate(tiny_config, str(tmp_path))`` done: ``tmp_path`` holds a copy of
   one finished ``tiny_config`` run (training is deterministic: the same files a fresh run
   writes); returns that run's metrics. Tests may change the copy freely."""
-  workdir, metrics = finished_tiny_run
+  workdir, metrics, _ = finished_tiny_run
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   return copy.deepcopy(metrics)
 
