@@ -1,9 +1,12 @@
 """Test setup: 4 fake CPU devices, strict rank promotion and fast, shared compiles, before JAX
 starts; the whole suite runs on pytest-xdist workers (``pytest_xdist_auto_num_workers``)."""
 
+import copy
 import functools
 import importlib.util
+import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -81,6 +84,29 @@ def flip_middle_bytes():
   return flip
 
 
+@pytest.fixture(scope="session")
+def saved_states():
+  """``saved_states(config, workdir, steps)``: the train states ``config``'s run saved in
+  ``workdir`` at ``steps``, as host numpy."""
+  from projectable import data as data_lib
+  from projectable.training import checkpoints, sharding
+  from projectable.training.modes import make_method
+  from projectable.training.trainer import Trainer
+
+  def states(config, workdir: str, steps) -> dict[int, dict]:
+    data = data_lib.load(config.data)
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+      trainer = Trainer(make_method(config, data), mesh)
+      ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
+      try:
+        return {s: jax.device_get(ckpts.restore_state(trainer.abstract_state, s)) for s in steps}
+      finally:
+        ckpts.close()
+
+  return states
+
+
 @pytest.fixture
 def tiny_config():
   """The digits ``tiny`` variant on one device, unlocked for per-test overrides."""
@@ -89,6 +115,47 @@ def tiny_config():
   config = digits.get_config("tiny")
   config.mesh = "data:1,model:1"
   return config
+
+
+class _Records(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory):
+  """(workdir, metrics, absl's log records at INFO) of a finished ``tiny_config`` run,
+  trained once per xdist worker and shared: read it only (``trained_tiny_run`` gives a test
+  its own copy)."""
+  from configs import digits
+
+  config = digits.get_config("tiny")
+  config.mesh = "data:1,model:1"  # As tiny_config.
+  workdir = str(tmp_path_factory.mktemp("tiny-run"))
+  absl = logging.getLogger("absl")
+  handler, level = _Records(), absl.level
+  absl.addHandler(handler)
+  absl.setLevel(logging.INFO)
+  try:
+    metrics = train_and_evaluate(config, workdir)
+  finally:
+    absl.removeHandler(handler)
+    absl.setLevel(level)
+  return workdir, metrics, handler.records
+
+
+@pytest.fixture
+def trained_tiny_run(finished_tiny_run, tmp_path):
+  """``train_and_evaluate(tiny_config, str(tmp_path))`` done: ``tmp_path`` holds a copy of
+  one finished ``tiny_config`` run (training is deterministic: the same files a fresh run
+  writes); returns that run's metrics. Tests may change the copy freely."""
+  workdir, metrics, _ = finished_tiny_run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  return copy.deepcopy(metrics)
 
 
 @pytest.fixture(scope="session")

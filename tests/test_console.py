@@ -2,7 +2,6 @@
 arithmetic behind its steps/s and ETA."""
 
 import glob
-import logging
 import math
 import re
 
@@ -12,39 +11,21 @@ from absl import logging as absl_logging
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from projectable.experiments.run import train_and_evaluate
 from projectable.training import console, step_log, trainer
 from projectable.training.typed_config import OptimizerConfig
 
 
-class _Records(logging.Handler):
-  def __init__(self):
-    super().__init__(logging.INFO)
-    self.records: list[logging.LogRecord] = []
-
-  def emit(self, record):
-    self.records.append(record)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """(console lines as absl prints them, workdir, config) of a tiny projectable run."""
+def tiny_run(finished_tiny_run):
+  """(console lines as absl prints them, workdir, config) of a tiny projectable run (the
+  worker's shared one, trained by conftest with absl's records kept)."""
   from configs import digits
 
   config = digits.get_config("tiny")
-  config.mesh = "data:1,model:1"
-  workdir = str(tmp_path_factory.mktemp("console"))
-  absl = logging.getLogger("absl")
-  handler, level = _Records(), absl.level
-  absl.addHandler(handler)
-  absl.setLevel(logging.INFO)
-  try:
-    train_and_evaluate(config, workdir)
-  finally:
-    absl.removeHandler(handler)
-    absl.setLevel(level)
+  config.mesh = "data:1,model:1"  # finished_tiny_run's config.
+  workdir, _, records = finished_tiny_run
   formatter = absl_logging.PythonFormatter()
-  ours = [r for r in handler.records if "/projectable/" in r.pathname]
+  ours = [r for r in records if "/projectable/" in r.pathname]
   lines = [line for r in ours for line in formatter.format(r).splitlines()]
   return lines, workdir, config
 

@@ -12,23 +12,17 @@ import pytest
 from absl import app
 from PIL import Image
 
-from configs import digits
 from projectable import data
 from projectable.core import decode, model, projector, sampling
-from projectable.experiments.run import train_and_evaluate
 from projectable.specialists import emission, export, images, tflite
 from projectable.specialists.artifact import load_specialist, save_specialist
 from projectable.training import restore
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A tiny projectable digits run, trained once for the module."""
-  config = digits.get_config("tiny")
-  config.mesh = "data:1,model:1"
-  path = str(tmp_path_factory.mktemp("run"))
-  train_and_evaluate(config, path)
-  return path
+def workdir(finished_tiny_run):
+  """A tiny projectable digits run (the worker's shared one: read, never written here)."""
+  return finished_tiny_run[0]
 
 
 @pytest.fixture(scope="module")

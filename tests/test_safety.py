@@ -1,6 +1,6 @@
-"""Workdir safety: SIGTERM/SIGKILL lose no work, damaged checkpoints are named and set
-aside on request, incompatible restarts are refused, non-finite steps stop or are skipped,
-a cluster job without its accelerator's JAX refuses to start."""
+"""Workdir safety: damaged checkpoints are named and set aside on request, incompatible
+restarts are refused, non-finite steps stop or are skipped, a cluster job without its
+accelerator's JAX refuses to start. SIGTERM and SIGKILL: test_safety_signals.py."""
 
 import glob
 import json
@@ -9,145 +9,23 @@ import os
 import re
 import resource
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projectable import data as data_lib
 from projectable.experiments.run import train_and_evaluate
-from projectable.training import checkpoints, distributed, loop, sharding, workdir_guard
-from projectable.training.modes import make_method
+from projectable.training import checkpoints, distributed, loop, workdir_guard
 from projectable.training.restore import restore_params
-from projectable.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(workdir: str, log: str, *flags: str) -> subprocess.Popen:
-  """``launch/train.py`` on the tiny config, logging to ``log``; shares this process's
-  compilation cache, and its 4 CPU devices (XLA_FLAGS) and mesh as ``tiny_config``."""
-  env = {
-    **os.environ,
-    "PYTHONPATH": REPO,
-    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-  }
-  command = [sys.executable, os.path.join(REPO, "launch", "train.py")]
-  command += ["--config", os.path.join(REPO, "configs", "digits.py") + ":tiny"]
-  command += [f"--workdir={workdir}", "--config.mesh=data:1,model:1", *flags]
-  with open(log, "w") as f:
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=f)
-
-
-def _wait_until(proc: subprocess.Popen, log: str, condition, poll: float = 0.005) -> bool:
-  """Polls ``condition()`` until it holds (True) or ``proc`` exits (False); bounded."""
-  deadline = time.time() + 300
-  while not condition():
-    if proc.poll() is not None:
-      return False
-    if time.time() > deadline:
-      proc.kill()
-      with open(log) as f:
-        pytest.fail("launch/train.py never got there:\n" + f.read()[-3000:])
-    time.sleep(poll)
-  return True
-
-
-def _logged(log: str, pattern: str) -> bool:
-  with open(log) as f:
-    return re.search(pattern, f.read()) is not None
-
-
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
-  workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
-  proc = _launch(
-    workdir,
-    log,
-    "--config.train.num_steps=100000",
-    "--config.train.checkpoint_every=100000",
-    "--config.train.eval_every=100000",
-  )
-  assert _wait_until(proc, log, lambda: _logged(log, r"step 3/\d+ loss="), poll=0.2)
-  proc.send_signal(signal.SIGTERM)
-  proc.wait(timeout=120)
-  with open(log) as f:
-    err = f.read()
-  assert proc.returncode == 143, err[-2000:]
-  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-  stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
-  assert steps == [stopped_at] and 3 <= stopped_at < 100000
-
-
-def test_sigterm_while_compiling_stops_at_once_without_training(tmp_path):
-  """A preemption notice during the first compilation does not wait for it to finish."""
-  workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
-  # A train step of its own shape: no cache hit can finish before the signal, and the
-  # step, never compiled to the end, never enters the cache.
-  proc = _launch(workdir, log, "--config.train.examples_per_task=5")
-  assert _wait_until(proc, log, lambda: _logged(log, "compiling the train step"), poll=0.05)
-  proc.send_signal(signal.SIGTERM)
-  proc.wait(timeout=120)
-  with open(log) as f:
-    err = f.read()
-  assert proc.returncode == 143, err[-2000:]
-  assert "SIGTERM while compiling: stopping before step 1" in err
-  assert "compiled the train step" not in err and not re.search(r"step 1/\d+ loss=", err)
-  assert "stopped by SIGTERM at step 0; no step had trained yet" in err
-  assert not os.path.exists(os.path.join(workdir, "config.json"))  # Rerun: a fresh start.
-
-
-def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path):
-  """Kills after a step and inside two checkpoint writes; reruns end bit-identical to an
-  uninterrupted run. The first launch, with --fresh, trains beside that reference."""
-  rng = np.random.default_rng(8)
-  tiny_config.train.checkpoint_every = 1
-  reference, workdir = str(tmp_path / "run"), str(tmp_path / "run-1")
-  expected = train_and_evaluate(tiny_config, reference)
-  flags = ["--config.train.checkpoint_every=1"]
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-
-  def latest() -> int:
-    return max([0] + [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()])
-
-  def writes() -> list[str]:  # Unfinished (temporary) step directories of both managers.
-    return glob.glob(os.path.join(workdir, "*", "*.orbax-checkpoint-tmp*"))
-
-  log = str(tmp_path / "log1")  # 1. A seeded moment after a seeded step.
-  proc = _launch(reference, log, "--fresh", *flags)
-  step = int(rng.integers(1, 3))
-  assert _wait_until(proc, log, lambda: _logged(log, rf"step {step}/\d+ loss="), poll=0.01)
-  time.sleep(rng.uniform(0, 0.2))
-  proc.kill()
-  assert proc.wait() == -signal.SIGKILL
-  assert _logged(log, re.escape(f"training in {workdir}")) and latest() < 6
-  for n in (2, 3):  # 2, 3. Inside the checkpoint write of a seeded step.
-    log, target = str(tmp_path / f"log{n}"), int(rng.integers(latest() + 1, 7))
-    proc = _launch(workdir, log, *flags)
-    # A step comes after the removal of the unfinished writes of the last kill.
-    assert _wait_until(proc, log, lambda f=log: _logged(f, r"step \d/\d+ loss="), poll=0.01)
-    unfinished = os.path.join(ckpt_dir, f"{target}.orbax-checkpoint-tmp*")
-    assert _wait_until(proc, log, lambda p=unfinished: glob.glob(p))
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL
-    assert glob.glob(unfinished) and latest() < target, "the kill missed the checkpoint write"
-  proc = _launch(workdir, str(tmp_path / "log4"), *flags)
-  assert proc.wait() == 0
-  assert not writes()
-  want, got = _states(tiny_config, reference, [6])[6], _states(tiny_config, workdir, [6])[6]
-  jax.tree.map(np.testing.assert_array_equal, want, got)
-  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
-    assert json.load(f)["bits_per_dim"] == expected["bits_per_dim"]
-
-
-def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config, tmp_path):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)
+def test_restart_with_an_incompatible_config_is_refused_with_a_diff(
+  tiny_config, tmp_path, trained_tiny_run
+):
+  workdir = str(tmp_path)  # A finished tiny_config run.
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   tiny_config.small.d = 8
   tiny_config.mode = "universal"
@@ -156,9 +34,10 @@ def test_restart_with_an_incompatible_config_is_refused_with_a_diff(tiny_config,
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_config, tmp_path):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(
+  tiny_config, tmp_path, trained_tiny_run
+):
+  workdir = str(tmp_path)  # A finished tiny_config run.
   tiny_config.train.num_steps = 12
   tiny_config.train.learning_rate = 1e7  # Diverges at once.
   with pytest.raises(FloatingPointError, match=r"non-finite \w+=\S+ at step (7|8|9)\b"):
@@ -169,23 +48,11 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_con
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
-def _states(config, workdir: str, steps) -> dict[int, dict]:
-  """The saved train states of ``steps`` (host numpy)."""
-  data = data_lib.load(config.data)
-  mesh = sharding.make_mesh(config.mesh)
-  with jax.set_mesh(mesh):
-    trainer = Trainer(make_method(config, data), mesh)
-    ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
-    try:
-      return {s: jax.device_get(ckpts.restore_state(trainer.abstract_state, s)) for s in steps}
-    finally:
-      ckpts.close()
-
-
-def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(tiny_config, tmp_path):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)  # Checkpoints at steps 3 and 6.
-  intact = _states(tiny_config, workdir, [6])[6]
+def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(
+  tiny_config, tmp_path, trained_tiny_run, saved_states
+):
+  workdir = str(tmp_path)  # A finished tiny_config run: checkpoints at steps 3 and 6.
+  intact = saved_states(tiny_config, workdir, [6])[6]
   step6 = os.path.join(workdir, "checkpoints", "6")
   # The largest array data file Orbax wrote for the state, cut in half.
   damaged = max(
@@ -206,7 +73,7 @@ def test_damaged_latest_checkpoint_is_named_and_an_older_step_can_be_resumed(tin
   train_and_evaluate(tiny_config, workdir)
   aside = os.path.join(workdir, checkpoints.SET_ASIDE, "6")
   assert os.path.getsize(os.path.join(aside, os.path.relpath(damaged, step6))) == size // 2
-  retrained = _states(tiny_config, workdir, [6])[6]
+  retrained = saved_states(tiny_config, workdir, [6])[6]
   jax.tree.map(np.testing.assert_array_equal, intact, retrained)
 
 
@@ -255,7 +122,7 @@ def _poison(monkeypatch, steps: tuple[int, ...]) -> None:
 
 
 def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
-  tiny_config, tmp_path, monkeypatch, caplog
+  tiny_config, tmp_path, monkeypatch, caplog, saved_states
 ):
   workdir = str(tmp_path)
   _poison(monkeypatch, (2, 4, 5))
@@ -266,7 +133,7 @@ def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
     train_and_evaluate(tiny_config, workdir)
   logged = dict(re.findall(r"step (\d)/\d+ .*skipped=(\d)", caplog.text))
   assert logged == {"1": "0", "2": "1", "3": "0", "4": "1", "5": "1", "6": "0"}
-  states = _states(tiny_config, workdir, range(1, 7))
+  states = saved_states(tiny_config, workdir, range(1, 7))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(states))
   for step in range(2, 7):
     assert states[step]["step"] == step
@@ -293,9 +160,11 @@ def test_a_job_that_needs_a_gpu_refuses_to_train_on_the_cpu(tmp_path, run_launch
   distributed.require_platform("cpu")  # What this machine runs: no error.
 
 
-def test_a_rewind_with_a_new_learning_rate_reports_the_new_trajectory(tiny_config, tmp_path):
+def test_a_rewind_with_a_new_learning_rate_reports_the_new_trajectory(
+  tiny_config, tmp_path, trained_tiny_run
+):
   workdir = str(tmp_path)
-  old = train_and_evaluate(tiny_config, workdir)  # Evaluations at steps 3 and 6.
+  old = trained_tiny_run  # A finished tiny_config run: evaluations at steps 3 and 6.
   tiny_config.restore_step, tiny_config.train.learning_rate = 3, 0.01
   new = train_and_evaluate(tiny_config, workdir)  # Steps 4-6 again, at another rate.
   # The old run's best step after the target is kept aside, not taken for this run's.
@@ -314,10 +183,9 @@ def test_a_rewind_with_a_new_learning_rate_reports_the_new_trajectory(tiny_confi
 
 
 def test_flipped_bytes_in_the_best_weights_are_named_and_the_advice_works(
-  tiny_config, tmp_path, flip_middle_bytes
+  tiny_config, tmp_path, flip_middle_bytes, trained_tiny_run
 ):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)  # State steps 3 and 6; the best at step 6.
+  workdir = str(tmp_path)  # A finished tiny_config run: state steps 3 and 6; the best at 6.
   best = os.path.join(workdir, "best", "6")
   flip_middle_bytes(f"{best}/params")
   with pytest.raises(
@@ -380,9 +248,10 @@ def test_a_start_that_fails_before_its_first_checkpoint_leaves_no_config(tiny_co
     assert json.load(f)[workdir_guard.DATA_KEY]["dataset"] == "digits"
 
 
-def test_following_the_restore_step_advice_twice_does_not_loop(tiny_config, tmp_path):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)  # State steps 3 and 6.
+def test_following_the_restore_step_advice_twice_does_not_loop(
+  tiny_config, tmp_path, trained_tiny_run
+):
+  workdir = str(tmp_path)  # A finished tiny_config run: state steps 3 and 6.
 
   def damage_step_6() -> None:
     step6 = os.path.join(workdir, "checkpoints", "6")

@@ -15,9 +15,9 @@ from projectable.training import profiling, restore, workdir_guard, workdir_lock
 from projectable.training.restore import restore_params
 
 
-def test_train_writes_metrics_exports_and_samples(tmp_path, tiny_config):
+def test_train_writes_metrics_exports_and_samples(tmp_path, trained_tiny_run):
   workdir = str(tmp_path)
-  metrics = train_and_evaluate(tiny_config, workdir)
+  metrics = trained_tiny_run  # What train_and_evaluate(tiny_config, workdir) returned.
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     on_disk = json.load(f)
   assert on_disk == json.loads(json.dumps(metrics))
@@ -64,7 +64,7 @@ def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_confi
   tiny_config.train.eval_every = 100  # Evaluate at the end only.
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train_and_evaluate(tiny_config, straight)
-  train_and_evaluate(tiny_config, resumed)
+  shutil.copytree(straight, resumed)  # Training is deterministic: as a second run would be.
   # Simulate a crash after the step-3 checkpoint: drop everything written later.
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
   shutil.rmtree(os.path.join(resumed, "best"))
@@ -76,9 +76,8 @@ def test_resume_after_interruption_equals_straight_training(tmp_path, tiny_confi
     assert json.load(f)["bits_per_dim"] == metrics["bits_per_dim"]
 
 
-def test_more_steps_continue_a_finished_run(tmp_path, tiny_config):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny_config, workdir)
+def test_more_steps_continue_a_finished_run(tmp_path, tiny_config, trained_tiny_run):
+  workdir = str(tmp_path)  # A finished tiny_config run.
   _, before, _ = restore_params(tiny_config, workdir, step=6)
   tiny_config.train.num_steps = 9
   metrics = train_and_evaluate(tiny_config, workdir)
