@@ -31,7 +31,9 @@ def test_quick_benchmarks_produce_every_figure(tmp_path):
   assert results["meta"]["quick"] is True
   for key in KEYS:
     value = results[key]["value"]
-    assert math.isfinite(value) and value > 0, (key, value)
+    # A scaling exponent fitted to a few timings at the quick sizes can take any sign on a
+    # loaded machine: that it is finite is what a test can hold; its size is the benchmark's.
+    assert math.isfinite(value) and ("scaling" in key or value > 0), (key, value)
     assert results[key]["inputs"], key
   for extra in ("all_tasks_ms", "core_ms", "from_core_ms", "peak_ms"):
     assert math.isfinite(results["emit_ms"][extra]) and results["emit_ms"][extra] > 0, extra

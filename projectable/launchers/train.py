@@ -15,8 +15,6 @@ User errors (bad flags or config values, data, a busy workdir) exit with status 
 ``error:`` line; named faults (a damaged checkpoint, a non-finite loss) with status 1.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -69,7 +67,7 @@ def main(argv: list[str]) -> None:
     logging.warning("%s", e)
     if FLAGS.fresh:
       logging.warning("--fresh starts anew: to resume, rerun with --workdir=%s only.", workdir)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    preemption.exit_process(PREEMPTED_EXIT_CODE)
 
 
 def run() -> None:

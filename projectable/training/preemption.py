@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +43,21 @@ class StopRequest:
     return self.event.is_set()
 
 
+_COMPILE_THREAD = "compile-train-step"
+
+
+def exit_process(code: int) -> None:
+  """``sys.exit(code)``; at once (``os._exit``, after flushing) while a compilation that a
+  stop abandoned still runs: finalising the interpreter under it can abort in XLA's C++
+  (exit -6 instead of ``code``). Nothing is lost: no step trained, checkpoints are closed."""
+  if any(t.name == _COMPILE_THREAD and t.is_alive() for t in threading.enumerate()):
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 def compile_unless_stopped(
   jitted: Any, args: tuple, mesh: jax.sharding.Mesh, stop: StopRequest
 ) -> Callable | None:
@@ -58,7 +76,7 @@ def compile_unless_stopped(
     except BaseException as e:  # Raised again in the caller's thread.
       outcome["error"] = e
 
-  thread = threading.Thread(target=compile_, name="compile-train-step", daemon=True)
+  thread = threading.Thread(target=compile_, name=_COMPILE_THREAD, daemon=True)
   thread.start()
   while thread.is_alive():
     if stop.event.wait(0.1):
