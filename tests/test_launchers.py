@@ -31,7 +31,7 @@ def test_a_shipped_config_is_addressable_by_name_and_a_path_stays_a_path():
   )
   assert config_names.resolve("configs/digits.py:tiny") == "configs/digits.py:tiny"
   assert config_names.resolve("my_config.py") == "my_config.py"
-  assert config_names.names() == ["digits", "fashion_mnist"]
+  assert config_names.names() == ["digits", "fashion_mnist", "mnist"]
 
 
 def test_both_flag_forms_are_resolved_and_nothing_else():
@@ -53,7 +53,7 @@ def test_an_unknown_config_name_is_one_line_and_exit_status_2(monkeypatch, capsy
   assert exit_info.value.code == cli.USER_ERROR
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith("error: --config=digitz:tiny: no shipped config named 'digitz'")
-  assert "['digits', 'fashion_mnist']" in err[-1]
+  assert "['digits', 'fashion_mnist', 'mnist']" in err[-1]
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
