@@ -36,16 +36,21 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensor
 """
 
 
-def test_data_preparation_and_the_non_training_commands_never_import_tensorflow(tmp_path):
-  result = subprocess.run(
-    [sys.executable, "-c", CHECK, str(tmp_path)],
+def _python(code: str, *args, timeout: int) -> subprocess.CompletedProcess:
+  """``code`` run by a fresh interpreter in the repo on ``args``, on the CPU; never raises."""
+  return subprocess.run(
+    [sys.executable, "-c", code, *map(str, args)],
     cwd=REPO,
     env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=timeout,
     check=False,
   )
+
+
+def test_data_preparation_and_the_non_training_commands_never_import_tensorflow(tmp_path):
+  result = _python(CHECK, tmp_path, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"
   assert os.listdir(tmp_path)  # It did prepare the dataset there.
@@ -83,15 +88,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
 
 def test_a_run_trains_and_writes_tensorboard_events_with_tensorflow_not_installed(tmp_path):
   workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"
-  result = subprocess.run(
-    [sys.executable, "-c", TRAIN_WITHOUT_TENSORFLOW, str(workdir), str(tfds_dir)],
-    cwd=REPO,
-    env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  result = _python(TRAIN_WITHOUT_TENSORFLOW, workdir, tfds_dir, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"
   (events,) = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents.")]
