@@ -149,7 +149,7 @@ print("RESULT " + json.dumps(out))
 def _env(devices):
   """A subprocess's environment: ``devices`` fake CPUs and this process's compile cache."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = os.environ["XLA_FLAGS"].replace("device_count=4", f"device_count={devices}")
   env["PYTHONPATH"] = REPO
   env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
