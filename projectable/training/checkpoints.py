@@ -55,7 +55,8 @@ def _first_line(e: Exception) -> str:
 def _check_writable(directory: str) -> None:
   """Raises at once, naming ``directory``, if a checkpoint could not be written there (rather
   than after a step's compute, from inside an asynchronous save)."""
-  probe = os.path.join(directory, ".write_probe")
+  # One name per process: processes of a multi-host run probe the same directory at once.
+  probe = os.path.join(directory, f".write_probe.{jax.process_index()}.{os.getpid()}")
   try:
     os.makedirs(directory, exist_ok=True)
     with open(probe, "w") as f:
