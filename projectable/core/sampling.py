@@ -4,7 +4,7 @@ Both draw token i with ``jax.random.categorical(fold_in(key, i), logits / temper
 (argmax when the temperature is 0), so for the same key they give the same tokens.
 ``sample`` runs one jitted scan over positions and caches every layer's keys and
 values, shape (B, heads, L, head_dim) per layer; each step embeds one token and
-attends over the cached prefix, reusing the layer math of ``projectable.model``.
+attends over the cached prefix (``decode.cached_layer``, the layer math of ``model``).
 ``sample_naive`` recomputes the whole sequence with ``model.apply`` per position.
 """
 
@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from projectable.core import model
+from projectable.core import decode, model
 from projectable.core.model import ModelConfig
 
 
@@ -119,41 +119,20 @@ def _sample_cached(
     start_BxD = task_BxC @ params["start_embed"]
   # One heads-major cache (B, heads, L, head_dim) per layer: attention reads it without
   # a transpose or a slice, and each step writes one position in place. The layer loop
-  # is unrolled over per-layer weights split once outside the position loop. The layer
-  # math is written for one query (no length axis): routing it through model.attention's
-  # (B, H, L, K) einsums with L=1 measured 1.6x slower at batch 1 on CPU.
+  # is unrolled over per-layer weights split once outside the position loop.
   cache_shape = (num, cfg.heads, cfg.seq_len, cfg.head_dim)
   dtype = cfg.compute_dtype  # Of the products and of the cache they read.
   caches = tuple(jnp.zeros(cache_shape, dtype) for _ in range(2 * cfg.depth))
   layers = [jax.tree.map(lambda x, l=l: x[l], params["blocks"]) for l in range(cfg.depth)]
-  scale = cfg.head_dim**-0.5
-
-  def layer(x_Bx1xD, w, cache_k, cache_v, i, seen_1x1xL):
-    h_BxD = model.layer_norm(x_Bx1xD, w["ln1_scale"], w["ln1_bias"])[:, 0]
-    q, k, v = (
-      model.einsum("bd,dhk->bhk", h_BxD, w[n].reshape(cfg.d, cfg.heads, cfg.head_dim), dtype)
-      for n in ("wq", "wk", "wv")
-    )
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, None].astype(dtype), (0, 0, i, 0))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None].astype(dtype), (0, 0, i, 0))
-    scores_BxHxL = model.einsum("bhk,bhsk->bhs", q, cache_k, dtype) * scale
-    scores_BxHxL = jnp.where(seen_1x1xL, scores_BxHxL, jnp.finfo(scores_BxHxL.dtype).min)
-    o_BxHxK = model.einsum("bhs,bhsk->bhk", jax.nn.softmax(scores_BxHxL, -1), cache_v, dtype)
-    wo_HxKxD = w["wo"].reshape(cfg.heads, cfg.head_dim, cfg.d)
-    x_Bx1xD = x_Bx1xD + model.einsum("bhk,hkd->bd", o_BxHxK, wo_HxKxD, dtype)[:, None]
-    h_Bx1xD = model.layer_norm(x_Bx1xD, w["ln2_scale"], w["ln2_bias"])
-    return x_Bx1xD + model.mlp(h_Bx1xD, w, dtype), cache_k, cache_v
 
   def position(carry, i):
     caches, in_BxD = carry
-    pos_1x1xD = jax.lax.dynamic_slice_in_dim(params["pos_embed"], i, 1)[None]
-    x_Bx1xD = in_BxD[:, None, :] + pos_1x1xD
-    seen_1x1xL = (jnp.arange(cfg.seq_len) <= i)[None, None]
+    x_BxD = in_BxD + jax.lax.dynamic_index_in_dim(params["pos_embed"], i)  # (1, D)
     updated = []
     for l, w in enumerate(layers):
-      x_Bx1xD, cache_k, cache_v = layer(x_Bx1xD, w, *caches[2 * l : 2 * l + 2], i, seen_1x1xL)
-      updated += [cache_k, cache_v]
-    x_BxD = model.layer_norm(x_Bx1xD[:, 0], params["final_ln_scale"], params["final_ln_bias"])
+      x_BxD, keys, values = decode.cached_layer(cfg, w, x_BxD, *caches[2 * l : 2 * l + 2], i, dtype)
+      updated += [keys, values]
+    x_BxD = model.layer_norm(x_BxD, params["final_ln_scale"], params["final_ln_bias"])
     logits_BxV = model.einsum("bd,dv->bv", x_BxD, params["unembed"], dtype)
     logits_BxV = logits_BxV + params["unembed_bias"][None]
     token_B = _choose(logits_BxV, jax.random.fold_in(key, i), temperature)
