@@ -13,6 +13,10 @@ from projectable.experiments import arms, compare
 
 def test_compare_writes_every_method_and_reuses_finished_runs(tiny_config, tmp_path):
   workdir = str(tmp_path)
+  # One evaluation and one sample per task per arm: eleven arms compile and run only what
+  # the reports need.
+  tiny_config.train.update(eval_every=6, checkpoint_every=6)
+  tiny_config.samples.num_per_task = 1
   result = compare.compare(tiny_config, workdir, [0], "flops", methods=arms.ARMS)
   assert set(result["methods"]) == set(arms.ARMS)
   with open(os.path.join(workdir, "comparison.json")) as f:

@@ -18,7 +18,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHES = ["data:8", "data:4,model:2", "data:2,model:4"]
+# data:4,model:2 trains in the FSDP case (the same mesh, more axes sharded).
+MESHES = ["data:8", "data:2,model:4"]
 
 # Runs in a fresh interpreter with 8 fake devices; argv[1] is a scratch dir.
 WORKER = r"""
@@ -59,7 +60,7 @@ def specs(tree):
 
 out = {"losses": {}, "max_param_diff": {}, "seconds": {}}
 reference, trainers = None, {}
-for spec in ["data:1", "data:8", "data:4,model:2", "data:2,model:4"]:
+for spec in ["data:1", "data:8", "data:2,model:4"]:
   mesh = sharding.make_mesh(spec)
   with jax.set_mesh(mesh):
     trainer = trainers[spec] = Trainer(make_method(config, data), mesh)
