@@ -29,6 +29,17 @@ while not os.path.exists(sys.argv[2]):
 print(workdir_guard.fresh_workdir(sys.argv[1]), flush=True)
 sys.stdin.read()
 """
+PROBE = """
+import os, sys, time
+from projectable.training import checkpoints
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+  time.sleep(0.001)
+for _ in range(300):
+  checkpoints._check_writable(sys.argv[1])
+print("probed", flush=True)
+sys.stdin.read()
+"""
 
 
 def _start(script: str, *args: str) -> subprocess.Popen:
@@ -89,6 +100,22 @@ def test_two_fresh_runs_started_together_claim_different_workdirs(tmp_path):
       p.kill()
       p.wait()
   assert chosen == [base, f"{base}-1"]
+
+
+def test_processes_of_one_run_probe_a_checkpoint_dir_together(tmp_path):
+  """The processes of a multi-host run check one directory at once (a shared disk): each
+  probe file is its own, so none removes another's (CI failed so once)."""
+  directory, go = str(tmp_path / "run" / "best"), str(tmp_path / "go")
+  procs = [_start(PROBE, directory, go) for _ in range(2)]
+  try:
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    open(go, "w").close()
+    assert [p.stdout.readline().strip() for p in procs] == ["probed", "probed"]
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert os.listdir(directory) == []
 
 
 def test_the_launcher_refuses_a_busy_workdir_before_training(holder, run_launcher):
