@@ -8,8 +8,8 @@ from projectable import data as data_lib
 from projectable.data import pipeline
 from projectable.experiments import memory
 from projectable.training import sharding
+from projectable.training import trainer as trainer_lib
 from projectable.training.modes import make_method
-from projectable.training.trainer import Trainer
 
 
 def _trainer(config):
@@ -17,13 +17,33 @@ def _trainer(config):
   data = data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(make_method(config, data), mesh)
+    trainer = trainer_lib.trainer_for(make_method(config, data), mesh)
   train = config.train
   return (
     mesh,
     trainer,
     pipeline.TaskBatch(data, train.batch_tasks, train.examples_per_task, config.seed),
   )
+
+
+def test_an_equal_method_reuses_the_trainer_and_a_different_one_does_not(tiny_config, load_digits):
+  mesh = sharding.make_mesh(tiny_config.mesh)
+  with jax.set_mesh(mesh):
+    first = trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh)
+    # A fresh load of the same data, a fresh method: the same trainer, its jitted step.
+    again = trainer_lib.trainer_for(make_method(tiny_config, data_lib.load(tiny_config.data)), mesh)
+    assert again is first
+    other_split = trainer_lib.trainer_for(make_method(tiny_config, load_digits(1)), mesh)
+    replaced = make_method(tiny_config, load_digits())
+    replaced.loss = lambda params, batch, key: (0.0, {})
+    others = [other_split, trainer_lib.trainer_for(replaced, mesh)]
+    for _ in range(trainer_lib.RECENT_TRAINERS):
+      tiny_config.train.learning_rate *= 2
+      others.append(trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh))
+    assert all(t is not first for t in others) and len({id(t) for t in others}) == len(others)
+    tiny_config.train.learning_rate /= 2**trainer_lib.RECENT_TRAINERS
+    # Only the last few are kept: the first is built anew.
+    assert trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh) is not first
 
 
 def _run_steps(config, num_steps):
@@ -118,7 +138,7 @@ def test_projectable_scores_the_source_only_where_it_learns_its_own_nll(
   data = data_lib.load(tiny_config.data)
   mesh = sharding.make_mesh(tiny_config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(make_method(tiny_config, data), mesh)
+    trainer = trainer_lib.trainer_for(make_method(tiny_config, data), mesh)
     val = trainer.evaluate(trainer.init_state(jax.random.key(0))["params"], data, data.val)
   assert set(val) == scored
   assert all(np.isfinite(v["mean"]) and len(v["per_task"]) == 10 for v in val.values())
@@ -210,7 +230,7 @@ def test_source_weights_are_sharded_by_the_rules(tiny_config):
   data = data_lib.load(tiny_config.data)
   mesh = sharding.make_mesh(tiny_config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(make_method(tiny_config, data), mesh)
+    trainer = trainer_lib.trainer_for(make_method(tiny_config, data), mesh)
     state = trainer.init_state(jax.random.key(0))
   w1 = state["params"]["source"]["blocks"]["w1"]
   assert w1.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")

@@ -54,10 +54,12 @@ def env(wheel, tmp_path_factory) -> dict:
   ).stdout.strip()
   with open(os.path.join(purelib, "_projectable_test_deps.pth"), "w") as f:
     f.write("\n".join(site.getsitepackages()) + "\n")
-  install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
-  subprocess.run([*install, "--no-index", wheel], check=True, timeout=300)
-  cwd = tmp_path_factory.mktemp("cwd")  # Outside the checkout: nothing of it on sys.path.
+  # Nothing of the checkout on sys.path, for pip (which would see its package as installed)
+  # and the commands alike.
   environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
+  subprocess.run([*install, "--no-index", wheel], check=True, timeout=300, env=environ)
+  cwd = tmp_path_factory.mktemp("cwd")  # Outside the checkout.
   # One device, as a plain install has; conftest's compile flag kept.
   environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"].replace(
     "--xla_force_host_platform_device_count=4", ""

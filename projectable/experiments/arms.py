@@ -27,7 +27,7 @@ from projectable import data as data_lib
 from projectable.experiments import run
 from projectable.training import sharding, warmstart
 from projectable.training.modes import make_method
-from projectable.training.trainer import Trainer
+from projectable.training.trainer import trainer_for
 
 TRAINED = ("source", "projectable", "universal", "specialists", "projectable_rank0")
 # Methods trained from the seed's trained ``source`` run: warm-started, or distilled from it.
@@ -156,7 +156,7 @@ def weight_selection(
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     method = make_method(config, data)
-    trainer = Trainer(method, mesh)
+    trainer = trainer_for(method, mesh)
     params = warmstart.warm_params(
       method, method.init(jax.random.key(0)), warmstart.load_source(config, data)
     )

@@ -17,7 +17,7 @@ import ml_collections
 
 from projectable.data.records import TaskData
 from projectable.training.modes import make_method
-from projectable.training.trainer import Trainer
+from projectable.training.trainer import trainer_for
 
 
 def shard_bytes(abstract_tree, shardings_tree) -> int:
@@ -31,7 +31,7 @@ def shard_bytes(abstract_tree, shardings_tree) -> int:
 def memory_plan(config: ml_collections.ConfigDict, data: TaskData, mesh: jax.sharding.Mesh) -> dict:
   """Per-device bytes (params, optimizer state, activations) and FLOPs of one step."""
   method = make_method(config, data)
-  trainer = Trainer(method, mesh)
+  trainer = trainer_for(method, mesh)
   state = trainer.abstract_state
   shardings = trainer.state_shardings
   return {

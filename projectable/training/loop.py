@@ -38,7 +38,7 @@ from projectable.training import (
   workdir_lock,
 )
 from projectable.training.modes import Method, make_method
-from projectable.training.trainer import Trainer
+from projectable.training.trainer import Trainer, trainer_for
 
 
 def _scalars(prefix: str, evaluation: dict) -> dict[str, float]:
@@ -116,7 +116,7 @@ def _train_in(config, data, workdir: str) -> tuple[dict, Method, dict]:
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     method = make_method(config, data)
-    trainer = Trainer(method, mesh)
+    trainer = trainer_for(method, mesh)
     ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints, clean=True)
     try:
       _apply_restore_step(config, ckpts, saved)

@@ -12,7 +12,7 @@ from projectable import data as data_lib
 from projectable.data.records import TaskData
 from projectable.training import checkpoints, sharding, workdir_guard
 from projectable.training.modes import Method, make_method
-from projectable.training.trainer import Trainer
+from projectable.training.trainer import trainer_for
 
 
 class Run(NamedTuple):
@@ -77,7 +77,7 @@ def restore_params(
   method = make_method(config, data)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    trainer = Trainer(method, mesh)
+    trainer = trainer_for(method, mesh)
     ckpts = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints)
     try:
       if step is None:

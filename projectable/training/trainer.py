@@ -9,6 +9,8 @@ whose loss or gradient norm is not finite changes neither weights nor optimizer)
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,6 +169,23 @@ class Trainer:
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
       count += chunk["mask"].sum(1)
     return {name: bits_per_dim(total / count, data.task_names) for name, total in totals.items()}
+
+
+# Trainers of recent methods, by settings_key and mesh (see trainer_for).
+_RECENT: collections.OrderedDict[tuple, Trainer] = collections.OrderedDict()
+RECENT_TRAINERS = 4
+
+
+def trainer_for(method: Method, mesh: Mesh) -> Trainer:
+  """``Trainer(method, mesh)``, or the one built for an equal method on ``mesh`` among the
+  last ``RECENT_TRAINERS``: a process that runs the same settings again (a notebook, the
+  tests, a resumed or re-evaluated run) reuses its traced and compiled functions."""
+  key = (method.settings_key(), mesh)
+  trainer = _RECENT.pop(key, None) or Trainer(method, mesh)
+  _RECENT[key] = trainer
+  while len(_RECENT) > RECENT_TRAINERS:
+    _RECENT.popitem(last=False)
+  return trainer
 
 
 def _like_params(tree, params: dict, param_shardings: dict, default: NamedSharding):

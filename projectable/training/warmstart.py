@@ -25,7 +25,7 @@ from projectable.core import projector
 from projectable.data import TaskData
 from projectable.training import checkpoints, sharding, workdir_guard
 from projectable.training.modes import Method, make_method
-from projectable.training.trainer import Trainer
+from projectable.training.trainer import Trainer, trainer_for
 
 _ARCH_FIELDS = ("d", "heads", "mlp_dim", "depth")
 
@@ -85,7 +85,7 @@ def _best_source(config: ml_collections.ConfigDict, data: TaskData, field: str) 
   src_config = _source_config(config, field)
   method = make_method(src_config, data)
   mesh = sharding.make_mesh(config.mesh)
-  trainer = Trainer(method, mesh)
+  trainer = trainer_for(method, mesh)
   ckpts = checkpoints.Checkpoints(workdir, src_config.train.keep_checkpoints)
   try:
     if ckpts.best.latest_step() is None:

@@ -51,6 +51,13 @@ class Method:
     """The mode on ``data``, ``config`` read once into typed settings."""
     return cls(StepConfig.from_config(config), data, source_config(config, data))
 
+  def settings_key(self) -> tuple:
+    """What this method's traced functions depend on: its class, its typed settings (and any
+    attribute set on it, e.g. a replaced ``loss``) and the digest of its data. Methods with
+    equal keys trace to the same programs."""
+    public = sorted((k, v) for k, v in vars(self).items() if k != "data" and k[0] != "_")
+    return type(self), tuple(public), self.data.fingerprint()["sha256"]
+
   @property
   def trained(self) -> ModelConfig:
     """The model whose training the step pays for (the small one where there is one)."""
