@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from projectable.experiments.run import train_and_evaluate
-from projectable.training import checkpoints, distributed, loop, workdir_guard
+from projectable.training import checkpoints, distributed, loop, step_log, workdir_guard
 from projectable.training.restore import restore_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +40,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(
   workdir = str(tmp_path)  # A finished tiny_config run.
   tiny_config.train.num_steps = 12
   tiny_config.train.learning_rate = 1e7  # Diverges at once.
-  with pytest.raises(FloatingPointError, match=r"non-finite \w+=\S+ at step (7|8|9)\b"):
+  with pytest.raises(step_log.Diverged, match=r"non-finite \w+=\S+ at step (7|8|9)\b") as stop:
     train_and_evaluate(tiny_config, workdir)
+  assert stop.value.step in (7, 8, 9)  # What a sweep records (arms.DIVERGED).
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps == [3, 6]
   _, params, _ = restore_params(tiny_config, workdir, step=6)
@@ -147,8 +148,11 @@ def test_skip_policy_leaves_the_state_unchanged_on_non_finite_steps(
 def test_skip_policy_stops_after_max_skipped_steps_in_a_row(tiny_config, tmp_path, monkeypatch):
   _poison(monkeypatch, (2, 4, 5))
   tiny_config.train.update(nonfinite="skip", max_skipped_steps=2)
-  with pytest.raises(FloatingPointError, match=r"2 consecutive steps up to step 5 .*loss=nan"):
+  with pytest.raises(
+    step_log.Diverged, match=r"2 consecutive steps up to step 5 .*loss=nan"
+  ) as stop:
     train_and_evaluate(tiny_config, str(tmp_path))
+  assert stop.value.step == 5
 
 
 def test_a_job_that_needs_a_gpu_refuses_to_train_on_the_cpu(tmp_path, run_launcher):

@@ -9,6 +9,7 @@ import pytest
 
 from projectable import data as data_lib
 from projectable.experiments import arms, frontier, frontier_report, stats, tuning
+from projectable.training import step_log
 
 
 class _Disagreeing:
@@ -65,6 +66,34 @@ def test_tuning_selects_validations_choice_when_test_disagrees(tiny_config, tmp_
   md = (tmp_path / "frontier.md").read_text()
   assert "**dropout 0, learning_rate 0.001: 2.0000**" in md
   assert md.count(" | no |") == 2  # Two-value grids have no edge worth flagging.
+
+
+class _DivergingAbove(_Disagreeing):
+  """As ``_Disagreeing``, but a run above learning rate 1e-2 stops at a NaN loss at step 3."""
+
+  def __call__(self, config, workdir):
+    if config.train.learning_rate > 1e-2:
+      os.makedirs(workdir, exist_ok=True)
+      raise step_log.Diverged("non-finite loss=nan at step 3", 3)
+    return super().__call__(config, workdir)
+
+
+def test_a_diverged_trial_is_a_result_never_chosen_and_the_sweep_goes_on(
+  tiny_config, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _DivergingAbove(tiny_config))
+  args = (tiny_config, str(tmp_path), (1.0,), [0], [0], ("universal",))
+  grid = tuning.Grid(learning_rates=(2e-2, 1e-3), dropouts=(0.0,))
+  result = frontier.frontier(*args, grid=grid)
+  (tuned,) = result["tuning"]
+  trials = {t["settings"]["learning_rate"]: t["val_bits_per_dim"] for t in tuned["trials"]}
+  assert trials == {2e-2: math.inf, 1e-3: 2.0} and tuned["chosen"]["learning_rate"] == 1e-3
+  (written,) = tmp_path.glob(f"universal_*lr0.02*/{arms.DIVERGED}")
+  assert json.loads(written.read_text())["step"] == 3
+  assert "learning_rate 0.02: diverged" in (tmp_path / "frontier.md").read_text()
+  # A rerun reuses the divergence instead of training the trial again.
+  monkeypatch.setattr(arms.run, "train_and_evaluate", lambda *a: pytest.fail("trained again"))
+  assert frontier.frontier(*args, grid=grid)["tuning"] == result["tuning"]
 
 
 def test_every_trial_spends_its_budget_at_its_own_step_cost(tiny_config, tmp_path):

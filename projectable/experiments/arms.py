@@ -22,10 +22,11 @@ import time
 
 import jax
 import ml_collections
+from absl import logging
 
 from projectable import data as data_lib
 from projectable.experiments import run
-from projectable.training import sharding, warmstart
+from projectable.training import sharding, step_log, warmstart
 from projectable.training.modes import make_method
 from projectable.training.trainer import trainer_for
 
@@ -121,8 +122,19 @@ def arm_config(
   return scaled(config, steps)
 
 
+# Written where a run stopped at a non-finite loss: its result is that it diverged.
+DIVERGED = "diverged.json"
+
+
 def finished_metrics(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """The metrics plus wall time of the run in ``workdir`` if it finished ``config``'s steps."""
+  """The metrics plus wall time of the run in ``workdir`` if it finished ``config``'s steps
+  (or diverged on the way: ``_diverged_metrics``)."""
+  diverged = os.path.join(workdir, DIVERGED)
+  if os.path.exists(diverged):
+    with open(diverged) as f:
+      record = json.load(f)
+    if record["num_steps"] == config.train.num_steps:
+      return _diverged_metrics(record)
   done = os.path.join(workdir, "eval", "metrics.json")
   wall_path = os.path.join(workdir, "wall_s.json")
   if os.path.exists(done) and os.path.exists(wall_path):
@@ -139,11 +151,38 @@ def run_arm(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if finished is not None:
     return finished
   start = time.time()
-  metrics = run.train_and_evaluate(config, workdir)
+  try:
+    metrics = run.train_and_evaluate(config, workdir)
+  except step_log.Diverged as error:
+    # A result, not a crash: the sweep goes on, and validation never chooses it.
+    record = {
+      "step": error.step,
+      "num_steps": config.train.num_steps,
+      "wall_s": time.time() - start,
+      "error": str(error),
+    }
+    with open(os.path.join(workdir, DIVERGED), "w") as f:
+      json.dump(record, f, indent=2)
+    logging.warning(
+      "%s diverged at step %d (remove its %s to train it again)", workdir, error.step, DIVERGED
+    )
+    return _diverged_metrics(record)
   wall_s = time.time() - start
   with open(os.path.join(workdir, "wall_s.json"), "w") as f:
     json.dump({"wall_s": wall_s}, f)
   return {**json.loads(json.dumps(metrics)), "wall_s": wall_s}
+
+
+def _diverged_metrics(record: dict) -> dict:
+  """A diverged run's figures: infinite bits/dim (never chosen, never averaged away)."""
+  return {
+    "bits_per_dim": {"mean": math.inf, "per_task": {}},
+    "val_bits_per_dim": {"mean": math.inf},
+    "final_step": {"step": record["step"]},
+    "train_flops": math.nan,
+    "wall_s": record["wall_s"],
+    "diverged_at": record["step"],
+  }
 
 
 def weight_selection(

@@ -143,6 +143,8 @@ def _record(point: Point, metrics: dict, source: dict | None) -> dict:
     "val_bits_per_dim": metrics.get("val_bits_per_dim", {}).get("mean", math.nan),
     "wall_s": metrics["wall_s"],
   }
+  if "diverged_at" in metrics:
+    record["diverged_at"] = metrics["diverged_at"]
   if source is not None:
     record["train_flops"] += source["train_flops"]
     record["wall_s"] += source["wall_s"]

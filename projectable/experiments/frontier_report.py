@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -194,7 +195,8 @@ def _tuning(trials: list[dict], grid: dict) -> list[str]:
     cells = []
     for trial in t["trials"]:
       name = ", ".join(f"{k} {v:g}" for k, v in sorted(trial["settings"].items()))
-      cell = f"{name}: {trial['val_bits_per_dim']:.4f}"
+      val = trial["val_bits_per_dim"]
+      cell = f"{name}: " + (f"{val:.4f}" if val != math.inf else "diverged")
       cells.append(f"**{cell}**" if trial["settings"] == t["chosen"] else cell)
     edge = ", ".join(_at_edge(t["chosen"], grid)) or "no"
     lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + f" | {edge} |")

@@ -18,14 +18,23 @@ from projectable.core.metrics import LN2
 from projectable.training import console, tb_writer
 
 
+class Diverged(FloatingPointError):
+  """Training stopped at a non-finite loss or gradient; ``step``: the step that showed it."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 def check_finite(step: int, metrics: dict) -> None:
   """Raises naming the first non-finite metric of ``step`` (``train.nonfinite='stop'``)."""
   for name, value in metrics.items():
     if not math.isfinite(value):
-      raise FloatingPointError(
+      raise Diverged(
         f"non-finite {name}={value} at step {step}; no checkpoint of this state was written. "
         "Lower config.train.learning_rate or raise config.train.grad_clip's strictness, then "
-        "rerun to resume from the last good checkpoint (or set config.train.nonfinite='skip')."
+        "rerun to resume from the last good checkpoint (or set config.train.nonfinite='skip').",
+        step,
       )
 
 
@@ -51,11 +60,12 @@ class SkipCounter:
       skipped += bool(metrics["skipped"])
       if self.consecutive >= self.limit:
         bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
-        raise FloatingPointError(
+        raise Diverged(
           f"{self.consecutive} consecutive steps up to step {step} had a non-finite loss or "
           f"gradient and were skipped (last: {bad}); config.train.max_skipped_steps="
           f"{self.limit}. Weights and optimizer state are those before the skips, as is every "
-          "checkpoint. Lower config.train.learning_rate, then rerun to resume."
+          "checkpoint. Lower config.train.learning_rate, then rerun to resume.",
+          step,
         )
     return skipped
 
