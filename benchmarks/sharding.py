@@ -54,7 +54,7 @@ def _measure(rules: dict, mesh_spec: str, repeats: int) -> dict:
     state = trainer.init_state(jax.random.key(0))
     it = pipeline.train_iterator(data, config.train.batch_tasks, config.train.examples_per_task, 0)
     batch = pipeline.place(next(it), trainer.batch_shardings)
-    compiled = trainer.train_step.lower(state, batch).compile()
+    compiled = trainer.lower_train_step(state, batch).compile()
     hlo = compiled.as_text()
     holder = {"state": state}
 

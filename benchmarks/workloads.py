@@ -136,7 +136,7 @@ def step_seconds(trainer: Trainer, batch: dict, repeats: int) -> tuple[float, in
     return metrics
 
   seconds = common.median_seconds(step, repeats)
-  return seconds, trainer.train_step._cache_size()
+  return seconds, trainer.jitted_train_step._cache_size()
 
 
 def projection_call(sizes: Sizes, d: int, ds: int) -> Callable[[], dict]:

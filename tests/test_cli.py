@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from projectable.experiments import cli
@@ -64,3 +65,22 @@ def test_errors_map_to_exit_statuses_with_the_message_last(monkeypatch, capsys, 
     cli.run(main)
   assert exit_info.value.code == status
   assert capsys.readouterr().err.strip().splitlines()[-1].endswith(str(error))
+
+
+def test_launchers_use_a_persistent_compilation_cache_unless_the_environment_names_one(
+  monkeypatch, tmp_path
+):
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cli._use_compilation_cache("~/cache")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+    cli._use_compilation_cache("")  # '' turns it off: the setting stays as it was.
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/named/by/the/environment")
+    jax.config.update("jax_compilation_cache_dir", before)
+    cli._use_compilation_cache("~/cache")  # The variable wins.
+    assert jax.config.jax_compilation_cache_dir == before
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

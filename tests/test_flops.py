@@ -51,7 +51,7 @@ def test_counted_flops_match_xla_within_10_percent(tiny_config, mode, weight, n_
       data, tiny_config.train.batch_tasks, tiny_config.train.examples_per_task, 0
     )
     batch = pipeline.place(batcher(0), trainer.batch_shardings)
-    cost = trainer.train_step.lower(trainer.abstract_state, batch).compile().cost_analysis()
+    cost = trainer.lower_train_step(trainer.abstract_state, batch).compile().cost_analysis()
   xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
   counted = method.step_flops()
   assert abs(counted / xla - 1) < 0.10, (counted, xla)

@@ -46,6 +46,31 @@ def test_an_equal_method_reuses_the_trainer_and_a_different_one_does_not(tiny_co
     assert trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh) is not first
 
 
+def test_schedule_and_seed_are_inputs_of_one_compiled_step(tiny_config):
+  """Runs that differ only in learning rate, warmup, length or seed lower to the same HLO (the
+  compilation cache serves them), and each step follows its own inputs."""
+  tiny_config.mode = "universal"
+  first_mesh, first, batcher = _trainer(tiny_config)
+  train = tiny_config.train
+  train.learning_rate, train.warmup_steps, train.num_steps = 3e-3, 3, 40
+  tiny_config.seed += 1
+  mesh, second, _ = _trainer(tiny_config)
+  assert second is not first and mesh == first_mesh
+  with jax.set_mesh(mesh):
+    batch = pipeline.place(batcher(0), first.batch_shardings)
+    texts = [t.lower_train_step(t.abstract_state, batch).as_text() for t in (first, second)]
+    assert texts[0] == texts[1]
+    for trainer in (first, second):
+      state = trainer.init_state(jax.random.key(0))
+      bias = np.asarray(state["params"]["small"]["unembed_bias"])
+      state, _ = trainer.train_step(state, batch)
+      # Adam's first update is the step-0 rate times the gradient's sign (no decay on vectors).
+      opt = trainer.step.optimizer
+      step0_rate = opt.learning_rate / (opt.warmup_steps + 1)
+      moved = np.abs(np.asarray(state["params"]["small"]["unembed_bias"]) - bias).max()
+      np.testing.assert_allclose(moved, step0_rate, rtol=1e-3)
+
+
 def _run_steps(config, num_steps):
   mesh, trainer, batcher = _trainer(config)
   with jax.set_mesh(mesh):
@@ -192,7 +217,7 @@ def _step_temp_bytes(config) -> int:
   mesh, trainer, batcher = _trainer(config)
   with jax.set_mesh(mesh):
     batch = pipeline.place(batcher(0), trainer.batch_shardings)
-    compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
+    compiled = trainer.lower_train_step(trainer.abstract_state, batch).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 

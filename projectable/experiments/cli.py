@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import jax
 from absl import app, flags, logging
 
 from projectable.experiments import config_names
@@ -33,6 +34,13 @@ USER_ERRORS = (
   WorkdirBusyError,
 )
 FAULTS = (DamagedCheckpointError, CheckpointWriteError, FloatingPointError)
+_CACHE_DIR = flags.DEFINE_string(
+  "compilation_cache_dir",
+  "~/.cache/projectable/jax",
+  "JAX's persistent cache of compiled programs: a rerun, a resume and the points of a sweep "
+  "that differ only in learning rate, warmup, steps or seed reuse one compiled train step "
+  "('' turns it off; the JAX_COMPILATION_CACHE_DIR variable, when set, wins).",
+)
 
 
 def _fail(status: int, message: str) -> None:
@@ -71,10 +79,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(USER_ERROR, f"error: {e}")
 
 
+def _use_compilation_cache(path: str) -> None:
+  """Points JAX's persistent compilation cache at ``path`` unless the environment named one."""
+  if path and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """Runs a launcher's ``main`` under absl, mapping errors to statuses as described above."""
 
   def guarded(argv: list[str]) -> None:
+    _use_compilation_cache(_CACHE_DIR.value)
     try:
       main(argv)
     except FAULTS as e:

@@ -196,12 +196,13 @@ def _train(
       batch = pipeline.place(next(data_iter), trainer.batch_shardings)
       trace.before(step, state)
       if step == start + 1:
-        args = (state, batch)
-        train_step = preemption.compile_unless_stopped(trainer.train_step, args, trainer.mesh, stop)
+        args = (state, batch, trainer.step_inputs)
+        jitted = trainer.jitted_train_step
+        train_step = preemption.compile_unless_stopped(jitted, args, trainer.mesh, stop)
         if train_step is None:
           logging.warning("SIGTERM while compiling: stopping before step %d", step)
           break
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, trainer.step_inputs)
       if step == start + 1:  # Compiled and dispatched: the ETA's pace starts after this step.
         jax.block_until_ready(metrics)
         steps.throughput.mark(step)

@@ -10,6 +10,7 @@ whose loss or gradient norm is not finite changes neither weights nor optimizer)
 from __future__ import annotations
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,30 +23,54 @@ from projectable.data.records import Split, TaskData
 from projectable.data.tokens import eval_arrays
 from projectable.training import sharding
 from projectable.training.modes import Method
-from projectable.training.typed_config import OptimizerConfig
+from projectable.training.typed_config import OptimizerConfig, StepConfig
 
 
-def learning_rate_schedule(train: OptimizerConfig) -> optax.Schedule:
-  """Linear warmup then cosine decay to zero, of the optimizer's update count (from 0)."""
-  # Warmup starts one step in, so that the very first step already learns.
-  return optax.warmup_cosine_decay_schedule(
-    train.learning_rate / (train.warmup_steps + 1),
-    train.learning_rate,
-    train.warmup_steps,
-    train.num_steps,
-    end_value=0.0,
-  )
+def learning_rate_schedule(
+  peak: float | jax.Array, warmup_steps: int | jax.Array, num_steps: int | jax.Array
+) -> optax.Schedule:
+  """Linear warmup then cosine decay to zero, of the optimizer's update count (from 0).
+
+  The arguments may be traced: the train step takes them as inputs (``step_inputs``), so
+  runs that differ only in learning rate, warmup, length or seed share one compiled step.
+  """
+
+  def schedule(count: jax.Array) -> jax.Array:
+    # Warmup starts one step in, so that the very first step already learns.
+    warm = peak * (count + 1) / (warmup_steps + 1)
+    decay_steps = jnp.maximum(num_steps - warmup_steps, 1)
+    progress = jnp.clip(count - warmup_steps, 0, decay_steps) / decay_steps
+    cosine = 0.5 * peak * (1 + jnp.cos(jnp.pi * progress))
+    return jnp.where(count < warmup_steps, warm, cosine)
+
+  return schedule
+
+
+def step_inputs(step: StepConfig) -> dict[str, np.ndarray]:
+  """The train step's runtime inputs: the schedule's numbers and the dropout seed."""
+  o = step.optimizer
+  return {
+    "learning_rate": np.float32(o.learning_rate),
+    "warmup_steps": np.int32(o.warmup_steps),
+    "num_steps": np.int32(o.num_steps),
+    "seed": np.int32(step.seed),
+  }
 
 
 def build_optimizer(
-  train: OptimizerConfig, trainable: dict, lr_scales: dict | None = None
+  train: OptimizerConfig,
+  trainable: dict,
+  lr_scales: dict | None = None,
+  schedule: optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
   """AdamW with linear warmup, cosine decay, global-norm clipping; frozen weights get no update.
 
   ``lr_scales`` (same tree as the params, or None) multiplies each weight's update, i.e. its
-  learning rate and decoupled weight decay alike: per-group learning rates.
+  learning rate and decoupled weight decay alike: per-group learning rates. ``schedule``
+  replaces the one ``train`` names (the step passes one of its traced inputs).
   """
-  schedule = learning_rate_schedule(train)
+  if schedule is None:
+    schedule = learning_rate_schedule(train.learning_rate, train.warmup_steps, train.num_steps)
   adamw = optax.chain(
     optax.clip_by_global_norm(train.grad_clip),
     optax.adamw(
@@ -70,8 +95,14 @@ class Trainer:
     self.method = method
     self.mesh = mesh
     rules = self.step.rules
-    self.optimizer = build_optimizer(self.step.optimizer, method.trainable(), method.lr_scales())
-    self.schedule = learning_rate_schedule(self.step.optimizer)
+    # The optimizer for a schedule; its state's tree is the same for every schedule.
+    self._optimizer_for = functools.partial(
+      build_optimizer, self.step.optimizer, method.trainable(), method.lr_scales()
+    )
+    self.optimizer = self._optimizer_for()
+    opt = self.step.optimizer
+    self.schedule = learning_rate_schedule(opt.learning_rate, opt.warmup_steps, opt.num_steps)
+    self.step_inputs = step_inputs(self.step)
     self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
     abstract_params = jax.eval_shape(method.init, jax.random.key(0))
     sharding.check_divisible(abstract_params, self.param_shardings)
@@ -100,9 +131,10 @@ class Trainer:
       "mask": NamedSharding(mesh, PartitionSpec(None, data_axis)),
     }
     self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
-    self.train_step = jax.jit(
+    # Call it with step_inputs (or use train_step): the schedule and seed are not baked in.
+    self.jitted_train_step = jax.jit(
       self._train_step,
-      in_shardings=(self.state_shardings, self.batch_shardings),
+      in_shardings=(self.state_shardings, self.batch_shardings, replicated),
       out_shardings=(self.state_shardings, replicated),
       donate_argnums=0,
     )
@@ -128,11 +160,24 @@ class Trainer:
       self._state_from, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings
     )(params)
 
-  def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-    key = jax.random.fold_in(jax.random.key(self.step.seed), state["step"])
+  def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    """One jitted step with this run's schedule and seed; ``state`` is donated."""
+    return self.jitted_train_step(state, batch, self.step_inputs)
+
+  def lower_train_step(self, state: dict, batch: dict) -> jax.stages.Lowered:
+    """The train step lowered for ``state`` and ``batch`` (arrays or abstract), to compile."""
+    return self.jitted_train_step.lower(state, batch, self.step_inputs)
+
+  def _train_step(self, state: dict, batch: dict, inputs: dict) -> tuple[dict, dict]:
+    key = jax.random.fold_in(jax.random.key(inputs["seed"]), state["step"])
     grad_fn = jax.value_and_grad(self.method.loss, has_aux=True)
     (loss, metrics), grads = grad_fn(state["params"], batch, key)
-    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    schedule = learning_rate_schedule(
+      inputs["learning_rate"], inputs["warmup_steps"], inputs["num_steps"]
+    )
+    updates, opt_state = self._optimizer_for(schedule=schedule).update(
+      grads, state["opt_state"], state["params"]
+    )
     new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     if self.step.nonfinite == "skip":
