@@ -96,6 +96,53 @@ def test_a_diverged_trial_is_a_result_never_chosen_and_the_sweep_goes_on(
   assert frontier.frontier(*args, grid=grid)["tuning"] == result["tuning"]
 
 
+class _LuckyFirstSeed(_Disagreeing):
+  """As ``_Disagreeing``, but learning rate 8e-3 is best on seed 0 only (1.9, then 2.5)."""
+
+  def __call__(self, config, workdir):
+    metrics = super().__call__(config, workdir)
+    if config.train.learning_rate == 8e-3:
+      metrics["val_bits_per_dim"]["mean"] = 1.9 if config.seed == 0 else 2.5
+      with open(os.path.join(workdir, "eval", "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+    return metrics
+
+
+@pytest.mark.parametrize("confirm_top, chosen", [(1, 8e-3), (2, 1e-3)])
+def test_confirming_the_best_trials_on_every_seed_outvotes_a_lucky_first_seed(
+  tiny_config, tmp_path, monkeypatch, caplog, confirm_top, chosen
+):
+  monkeypatch.setattr(arms.run, "train_and_evaluate", _LuckyFirstSeed(tiny_config))
+  grid = tuning.Grid(learning_rates=(3e-4, 1e-3, 8e-3), dropouts=(0.0,))
+  caplog.set_level("INFO")
+  result = frontier.frontier(
+    tiny_config,
+    str(tmp_path),
+    (1.0,),
+    [0],
+    [0, 1, 2],
+    ("universal",),
+    grid=grid,
+    confirm_top=confirm_top,
+  )
+  (tuned,) = result["tuning"]
+  assert tuned["chosen"]["learning_rate"] == chosen
+  assert {p["settings"]["learning_rate"] for p in result["points"]} == {chosen}
+  trained = [d for d in os.listdir(tmp_path) if d.startswith("universal_")]
+  if confirm_top == 1:  # Seed 0's choice trains seeds 1 and 2: 3 trials + 2 seeds.
+    assert "confirmation" not in tuned and len(trained) == 5
+    return
+  # Seed 0's two best (8e-3, 1e-3) on every seed: 8e-3's mean is 2.3, 1e-3's 2.001.
+  means = {c["settings"]["learning_rate"]: c["mean"] for c in tuned["confirmation"]}
+  assert means == pytest.approx({8e-3: 2.3, 1e-3: 2.001})
+  assert [c["seeds"] for c in tuned["confirmation"]] == [[0, 1, 2]] * 2
+  assert len(trained) == 7 and not any("lr0.0003_seed1" in d for d in trained)
+  assert "point 7/7" in caplog.text  # The progress count includes the confirmation runs.
+  md = (tmp_path / "frontier.md").read_text()
+  assert "**dropout 0, learning_rate 0.001: 2.0010 (2.0000 / 2.0010 / 2.0020)**" in md
+  assert "dropout 0, learning_rate 0.008: 2.3000 (1.9000 / 2.5000 / 2.5000)" in md
+
+
 def test_every_trial_spends_its_budget_at_its_own_step_cost(tiny_config, tmp_path):
   """Dropout's random bits cost FLOPs: each trial's steps come from its own step cost."""
   grid = tuning.Grid(learning_rates=(1e-3,), dropouts=(0.0, 0.5))

@@ -11,7 +11,9 @@ every point, every trial and every seed before any training starts.
 Tuning (``tuning.Grid``): at each tuned budget (default: every budget) every method
 trains each of its trials with the budget's first seed, and the trial with the lowest
 validation bits/dim is its setting there; a budget that is not tuned takes the setting
-of the nearest tuned one. The other seeds train that setting. Test figures never choose.
+of the nearest tuned one. The other seeds train that setting. With ``confirm_top`` K > 1,
+a tuned budget with several seeds trains the first seed's K best trials on every seed
+and chooses the lowest mean validation. Test figures never choose.
 
 The methods built on a trained source (``arms.FROM_SOURCE``) pay for it out of
 their own budget: at budget B they start from the ``source`` point at budget
@@ -186,39 +188,73 @@ class _Runner:
 
 
 def _tune(
-  runner: _Runner, by_key: dict, methods: Sequence[str], tuned: Sequence[float], seed_of, grid
+  runner: _Runner,
+  by_key: dict,
+  methods: Sequence[str],
+  tuned: Sequence[float],
+  seeds_at: Callable[[float], Sequence[int]],
+  grid: tuning.Grid,
+  confirm_top: int,
 ) -> tuple[dict, list[dict]]:
   """({(method, tuned budget): chosen settings}, the trials' records) by validation."""
   chosen, trials_record = {}, []
   for budget in tuned:
-    seed = seed_of(budget)
+    seeds = seeds_at(budget)
     for method in methods:
       trials = grid.trials(method)
-      runs = {s: runner(by_key[(method, budget, seed, s)]) for s in trials}
+      runs = {s: runner(by_key[(method, budget, seeds[0], s)]) for s in trials}
       if len(trials) == 1:  # Nothing to choose.
         chosen[(method, budget)] = trials[0]
         continue
       if any(r is None for r in runs.values()):
         continue  # Report only, trials unfinished: its points are missing.
-      choice = tuning.select({s: r["val_bits_per_dim"] for s, r in runs.items()})
-      chosen[(method, budget)] = choice
-      trials_record.append(
-        {
-          "method": method,
-          "budget": budget,
-          "seed": seed,
-          "chosen": dict(choice),
-          "trials": [
-            {
-              "settings": dict(s),
-              "val_bits_per_dim": r["val_bits_per_dim"],
-              "test_bits_per_dim": r["bits_per_dim"]["mean"],
-            }
-            for s, r in runs.items()
-          ],
-        }
-      )
+      vals = {s: r["val_bits_per_dim"] for s, r in runs.items()}
+      record = {
+        "method": method,
+        "budget": budget,
+        "seed": seeds[0],
+        "chosen": dict(tuning.select(vals)),
+        "trials": [
+          {
+            "settings": dict(s),
+            "val_bits_per_dim": r["val_bits_per_dim"],
+            "test_bits_per_dim": r["bits_per_dim"]["mean"],
+          }
+          for s, r in runs.items()
+        ],
+      }
+      if confirm_top > 1 and len(seeds) > 1:
+        shortlist = tuning.shortlist(vals, confirm_top)
+        by_seed = _confirm(runner, by_key, method, budget, seeds, shortlist)
+        if by_seed is None:
+          continue  # Report only, confirmation runs unfinished.
+        means = {s: math.fsum(v) / len(v) for s, v in by_seed.items()}
+        record["chosen"] = dict(tuning.select(means))
+        record["confirmation"] = [
+          {"settings": dict(s), "seeds": list(seeds), "val_bits_per_dim": v, "mean": means[s]}
+          for s, v in by_seed.items()
+        ]
+      chosen[(method, budget)] = tuple(sorted(record["chosen"].items()))
+      trials_record.append(record)
   return chosen, trials_record
+
+
+def _confirm(
+  runner: _Runner,
+  by_key: dict,
+  method: str,
+  budget: float,
+  seeds: Sequence[int],
+  shortlist: Sequence[tuning.Settings],
+) -> dict | None:
+  """{settings: validation bits/dim on each of ``seeds``} (None: some run unfinished)."""
+  by_seed = {}
+  for settings in shortlist:
+    runs = [runner(by_key[(method, budget, seed, settings)]) for seed in seeds]
+    if any(r is None for r in runs):
+      return None
+    by_seed[settings] = [r["val_bits_per_dim"] for r in runs]
+  return by_seed
 
 
 def frontier(
@@ -236,10 +272,12 @@ def frontier(
   grid: tuning.Grid = tuning.UNTUNED,
   tune_budgets: Sequence[float] = (),
   multi_seed_from: float | None = None,
+  confirm_top: int = 1,
 ) -> dict:
   """Tunes, trains (or reuses) every point; writes frontier.{json,md,png}; returns the json.
 
-  ``tune_budgets`` (default: every budget) are where ``grid``'s trials run. With
+  ``tune_budgets`` (default: every budget) are where ``grid``'s trials run;
+  ``confirm_top`` > 1 chooses among that many on every seed of a multi-seed budget. With
   ``source_workdir`` this is the amortised frontier (``frontier_plan``). With
   ``train=False`` nothing trains: the report holds the finished points and lists the
   others under ``missing`` (a look at a frontier still running elsewhere).
@@ -265,8 +303,15 @@ def frontier(
   seeds_at = lambda b: _seeds_at(b, ladder, seeds, top_seeds, multi_seed_from)
   tuning_runs = sum(len(grid.trials(m)) for m in methods) * len(tuned)
   finals = sum(len(seeds_at(b)) - 1 for b in ladder) * len(methods)
-  runner = _Runner(tuning_runs + finals + len(methods) * (len(ladder) - len(tuned)), train)
-  chosen, trials_record = _tune(runner, by_key, methods, tuned, lambda b: seeds_at(b)[0], grid)
+  confirming = sum(
+    (min(confirm_top, len(grid.trials(m))) - 1) * (len(seeds_at(b)) - 1)
+    for b in tuned
+    if confirm_top > 1 and len(seeds_at(b)) > 1
+    for m in methods
+  )
+  untuned = len(methods) * (len(ladder) - len(tuned))
+  runner = _Runner(tuning_runs + finals + confirming + untuned, train)
+  chosen, trials_record = _tune(runner, by_key, methods, tuned, seeds_at, grid, confirm_top)
   records = []
   for budget in ladder:
     for seed in seeds_at(budget):
@@ -288,6 +333,7 @@ def frontier(
     "distill_weight": distill_weight,
     "grid": {k: list(v) for k, v in dataclasses.asdict(grid).items()},
     "tuned_budgets": tuned,
+    "confirm_top": confirm_top,
     "tuning": trials_record,
     "points": records,
     "missing": runner.missing,

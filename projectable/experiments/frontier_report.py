@@ -196,11 +196,38 @@ def _tuning(trials: list[dict], grid: dict) -> list[str]:
     for trial in t["trials"]:
       name = ", ".join(f"{k} {v:g}" for k, v in sorted(trial["settings"].items()))
       val = trial["val_bits_per_dim"]
-      cell = f"{name}: " + (f"{val:.4f}" if val != math.inf else "diverged")
+      cell = f"{name}: {_val(val)}"
       cells.append(f"**{cell}**" if trial["settings"] == t["chosen"] else cell)
     edge = ", ".join(_at_edge(t["chosen"], grid)) or "no"
     lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + f" | {edge} |")
+  return lines + _confirmation([t for t in trials if "confirmation" in t])
+
+
+def _confirmation(trials: list[dict]) -> list[str]:
+  """Table lines: the first seed's best trials on every seed, the lowest mean chosen."""
+  if not trials:
+    return []
+  lines = [
+    "",
+    "## Confirmation: the first seed's best trials on every seed (lowest mean chosen, bold)",
+    "",
+    "| method | budget | seeds | settings: mean validation (per seed) |",
+    "|---|---|---|---|",
+  ]
+  for t in trials:
+    cells = []
+    for c in t["confirmation"]:
+      name = ", ".join(f"{k} {v:g}" for k, v in sorted(c["settings"].items()))
+      per_seed = " / ".join(_val(v) for v in c["val_bits_per_dim"])
+      cell = f"{name}: {_val(c['mean'])} ({per_seed})"
+      cells.append(f"**{cell}**" if c["settings"] == t["chosen"] else cell)
+    seeds = ",".join(str(s) for s in t["confirmation"][0]["seeds"])
+    lines.append(f"| {t['method']} | {t['budget']:g}x | {seeds} | " + "; ".join(cells) + " |")
   return lines
+
+
+def _val(value: float) -> str:
+  return f"{value:.4f}" if value != math.inf else "diverged"
 
 
 def _steps_cell(runs: list[dict]) -> str:

@@ -11,7 +11,9 @@ learning-rate grid). A trial at lambda_source > 0 pays for the source's own loss
 fewer steps of the same budget.
 A method's settings at a budget are the trial with the lowest validation
 bits/dim at that budget when the budget is tuned, else those of the nearest tuned
-budget on the log scale (the cheaper one on a tie).
+budget on the log scale (the cheaper one on a tie). Where a tuned budget has several
+seeds, ``confirm_top`` K > 1 guards against a lucky first seed: the K best trials of the
+first seed each train every seed, and the lowest mean validation over them is chosen.
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ def select(trials: Mapping[Settings, float]) -> Settings:
   if not finite:
     raise ValueError(f"no trial has a finite validation bits/dim: {dict(trials)}")
   return min(finite, key=finite.__getitem__)
+
+
+def shortlist(trials: Mapping[Settings, float], k: int) -> list[Settings]:
+  """The ``k`` settings of the lowest finite validation bits/dim, best first."""
+  finite = [s for s, v in trials.items() if math.isfinite(v)]
+  return sorted(finite, key=trials.__getitem__)[:k]
 
 
 def nearest_tuned(budget: float, tuned: Sequence[float]) -> float:

@@ -12,7 +12,9 @@ Every method is tuned alike on validation bits/dim (never test): at each budget 
 --tune_budgets (default: all) it trains every learning rate of --learning_rates with
 every dropout of --dropouts (and, built on a source, every --source_shares), and its
 best trial there is its setting at that budget and the nearest untuned ones; an empty
-list keeps the config's value (--learning_rates= --dropouts= : no tuning).
+list keeps the config's value (--learning_rates= --dropouts= : no tuning). With
+--confirm_top=K, a tuned budget with several seeds trains the K best trials of its first
+seed on every seed and chooses the lowest mean validation.
 
 Budgets are multiples of the training FLOPs of ``train.num_steps`` projectable
 steps. Projectable runs (the reference included) use ``lambda_source=0``, the
@@ -97,6 +99,13 @@ flags.DEFINE_list(
   "λ=0 or --config.lambda_source); a trial at λ > 0 buys fewer steps of its budget.",
 )
 flags.DEFINE_list("tune_budgets", [], "Budgets where tuning runs (default: every budget).")
+flags.DEFINE_integer(
+  "confirm_top",
+  1,
+  "At a tuned budget with several seeds, train the first seed's K best trials on every seed "
+  "and choose the lowest mean validation (1: the first seed chooses).",
+  lower_bound=1,
+)
 flags.DEFINE_string(
   "multi_seed_from", None, "Budgets from this one on get --top_seeds (default: the largest)."
 )
@@ -145,6 +154,7 @@ def main(argv: list[str]) -> None:
     grid=grid,
     tune_budgets=_numbers("tune_budgets"),
     multi_seed_from=seed_from[0] if seed_from else None,
+    confirm_top=FLAGS.confirm_top,
   )
   budgets = _numbers("budgets")
   if FLAGS.extend_until_converged:
