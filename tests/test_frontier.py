@@ -218,6 +218,11 @@ def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
   assert frontier_report.merge([ours, at_0])["lambda_source"] == 0.0
   with pytest.raises(ValueError, match=r"different lambda_source \[0.0, 1.0\]"):
     frontier_report.merge([at_0, _result([_point("source", 1.0, 0, 1.7)], lambda_source=1.0)])
+  # Frontiers chosen on one seed (older ones record no confirm_top) and on the mean of 3.
+  assert merged["confirm_top"] == 1
+  confirmed = _result([_point("universal", 1.0, 0, 1.9)], confirm_top=2)
+  with pytest.raises(ValueError, match=r"different confirm_top \[1, 2\]"):
+    frontier_report.merge([ours, confirmed])
 
 
 @pytest.mark.parametrize("override, expected", [([], 0.0), (["--config.lambda_source=1"], 1.0)])

@@ -48,6 +48,10 @@ def merge(results: Sequence[dict]) -> dict:
   lambdas = {r["lambda_source"] for r in results if "lambda_source" in r}
   if len(lambdas) > 1:
     raise ValueError(f"frontiers of different lambda_source {sorted(lambdas)} do not merge")
+  # Recorded since --confirm_top; older frontiers chose on their first seed (1).
+  confirm = {r.get("confirm_top", 1) for r in results}
+  if len(confirm) > 1:
+    raise ValueError(f"frontiers chosen with different confirm_top {sorted(confirm)} do not merge")
   seen: dict[tuple, int] = {}
   for i, result in enumerate(results):
     for p in result["points"]:
@@ -62,6 +66,7 @@ def merge(results: Sequence[dict]) -> dict:
   merged["points"] = [p for r in results for p in r["points"]]
   merged["tuning"] = [t for r in results for t in r.get("tuning", [])]
   merged["missing"] = [m for r in results for m in r.get("missing", [])]
+  merged["confirm_top"] = confirm.pop()
   grids = [r["grid"] for r in results if "grid" in r]
   if grids:  # Each knob's values over every frontier, so the grid-edge flags still hold.
     knobs = {k: None for g in grids for k in g}
