@@ -189,20 +189,15 @@ def _tuning(trials: list[dict], grid: dict) -> list[str]:
   the choice sits on an edge of a grid (the best may lie beyond it)."""
   if not trials:
     return []
-  lines = [
-    "",
-    "## Tuning: validation bits/dim of every trial (chosen in bold; test never chooses)",
-    "",
+  lines = _section(
+    "Tuning: validation bits/dim of every trial (chosen in bold; test never chooses)",
     "| method | budget | trials | chosen at a grid's edge |",
-    "|---|---|---|---|",
-  ]
+  )
   for t in trials:
-    cells = []
-    for trial in t["trials"]:
-      name = ", ".join(f"{k} {v:g}" for k, v in sorted(trial["settings"].items()))
-      val = trial["val_bits_per_dim"]
-      cell = f"{name}: {_val(val)}"
-      cells.append(f"**{cell}**" if trial["settings"] == t["chosen"] else cell)
+    cells = [
+      _trial_cell(trial["settings"], _val(trial["val_bits_per_dim"]), t["chosen"])
+      for trial in t["trials"]
+    ]
     edge = ", ".join(_at_edge(t["chosen"], grid)) or "no"
     lines.append(f"| {t['method']} | {t['budget']:g}x | " + "; ".join(cells) + f" | {edge} |")
   return lines + _confirmation([t for t in trials if "confirmation" in t])
@@ -212,26 +207,33 @@ def _confirmation(trials: list[dict]) -> list[str]:
   """Table lines: the first seed's best trials on every seed, the lowest mean chosen."""
   if not trials:
     return []
-  lines = [
-    "",
-    "## Confirmation: the first seed's best trials on every seed (lowest mean chosen, bold)",
-    "",
+  lines = _section(
+    "Confirmation: the first seed's best trials on every seed (lowest mean chosen, bold)",
     "| method | budget | seeds | settings: mean validation (per seed) |",
-    "|---|---|---|---|",
-  ]
+  )
   for t in trials:
     cells = []
     for c in t["confirmation"]:
-      name = ", ".join(f"{k} {v:g}" for k, v in sorted(c["settings"].items()))
       per_seed = " / ".join(_val(v) for v in c["val_bits_per_dim"])
-      cell = f"{name}: {_val(c['mean'])} ({per_seed})"
-      cells.append(f"**{cell}**" if c["settings"] == t["chosen"] else cell)
+      cells.append(_trial_cell(c["settings"], f"{_val(c['mean'])} ({per_seed})", t["chosen"]))
     seeds = ",".join(str(s) for s in t["confirmation"][0]["seeds"])
     lines.append(f"| {t['method']} | {t['budget']:g}x | {seeds} | " + "; ".join(cells) + " |")
   return lines
 
 
+def _section(title: str, header: str) -> list[str]:
+  """A titled table's first lines: ``header`` is its row of column names."""
+  return ["", f"## {title}", "", header, "|" + "---|" * header.count(" | ") + "---|"]
+
+
+def _trial_cell(settings: dict, figure: str, chosen: dict) -> str:
+  """'knob value, ...: figure', in bold where ``settings`` are the chosen ones."""
+  cell = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.items())) + f": {figure}"
+  return f"**{cell}**" if settings == chosen else cell
+
+
 def _val(value: float) -> str:
+  """A validation figure; an infinite one is a diverged run."""
   return f"{value:.4f}" if value != math.inf else "diverged"
 
 
