@@ -301,16 +301,8 @@ def frontier(
   )
   by_key = {(p.method, p.budget, p.seed, p.settings): p for p in points}
   seeds_at = lambda b: _seeds_at(b, ladder, seeds, top_seeds, multi_seed_from)
-  tuning_runs = sum(len(grid.trials(m)) for m in methods) * len(tuned)
-  finals = sum(len(seeds_at(b)) - 1 for b in ladder) * len(methods)
-  confirming = sum(
-    (min(confirm_top, len(grid.trials(m))) - 1) * (len(seeds_at(b)) - 1)
-    for b in tuned
-    if confirm_top > 1 and len(seeds_at(b)) > 1
-    for m in methods
-  )
-  untuned = len(methods) * (len(ladder) - len(tuned))
-  runner = _Runner(tuning_runs + finals + confirming + untuned, train)
+  total = _planned_runs(methods, ladder, tuned, seeds_at, grid, confirm_top)
+  runner = _Runner(total, train)
   chosen, trials_record = _tune(runner, by_key, methods, tuned, seeds_at, grid, confirm_top)
   records = []
   for budget in ladder:
@@ -342,6 +334,27 @@ def frontier(
     result["trained_source"] = _trained_source(source_workdir)
   frontier_report.write(result, workdir)
   return result
+
+
+def _planned_runs(
+  methods: Sequence[str],
+  ladder: Sequence[float],
+  tuned: Sequence[float],
+  seeds_at: Callable[[float], Sequence[int]],
+  grid: tuning.Grid,
+  confirm_top: int,
+) -> int:
+  """How many points the frontier trains or reuses (the N of its "point k/N" lines)."""
+  tuning_runs = sum(len(grid.trials(m)) for m in methods) * len(tuned)
+  finals = sum(len(seeds_at(b)) - 1 for b in ladder) * len(methods)
+  confirming = sum(
+    (min(confirm_top, len(grid.trials(m))) - 1) * (len(seeds_at(b)) - 1)
+    for b in tuned
+    if confirm_top > 1 and len(seeds_at(b)) > 1
+    for m in methods
+  )
+  untuned = len(methods) * (len(ladder) - len(tuned))
+  return tuning_runs + finals + confirming + untuned
 
 
 def _trained_source(workdir: str) -> dict:
