@@ -9,6 +9,7 @@ import pytest
 
 from projectable import data as data_lib
 from projectable.experiments import arms, frontier, frontier_report, stats, tuning
+from projectable.experiments.progress import PointProgress
 from projectable.training import step_log
 
 
@@ -110,11 +111,14 @@ class _LuckyFirstSeed(_Disagreeing):
 
 @pytest.mark.parametrize("confirm_top, chosen", [(1, 8e-3), (2, 1e-3)])
 def test_confirming_the_best_trials_on_every_seed_outvotes_a_lucky_first_seed(
-  tiny_config, tmp_path, monkeypatch, caplog, confirm_top, chosen
+  tiny_config, tmp_path, monkeypatch, confirm_top, chosen
 ):
   monkeypatch.setattr(arms.run, "train_and_evaluate", _LuckyFirstSeed(tiny_config))
+  totals = []  # The N of the "point k/N" progress lines.
+  monkeypatch.setattr(
+    frontier, "PointProgress", lambda total: totals.append(total) or PointProgress(total)
+  )
   grid = tuning.Grid(learning_rates=(3e-4, 1e-3, 8e-3), dropouts=(0.0,))
-  caplog.set_level("INFO")
   result = frontier.frontier(
     tiny_config,
     str(tmp_path),
@@ -130,14 +134,14 @@ def test_confirming_the_best_trials_on_every_seed_outvotes_a_lucky_first_seed(
   assert {p["settings"]["learning_rate"] for p in result["points"]} == {chosen}
   trained = [d for d in os.listdir(tmp_path) if d.startswith("universal_")]
   if confirm_top == 1:  # Seed 0's choice trains seeds 1 and 2: 3 trials + 2 seeds.
-    assert "confirmation" not in tuned and len(trained) == 5
+    assert "confirmation" not in tuned and len(trained) == 5 and totals == [5]
     return
   # Seed 0's two best (8e-3, 1e-3) on every seed: 8e-3's mean is 2.3, 1e-3's 2.001.
   means = {c["settings"]["learning_rate"]: c["mean"] for c in tuned["confirmation"]}
   assert means == pytest.approx({8e-3: 2.3, 1e-3: 2.001})
   assert [c["seeds"] for c in tuned["confirmation"]] == [[0, 1, 2]] * 2
   assert len(trained) == 7 and not any("lr0.0003_seed1" in d for d in trained)
-  assert "point 7/7" in caplog.text  # The progress count includes the confirmation runs.
+  assert totals == [7]  # The progress count includes the confirmation runs.
   md = (tmp_path / "frontier.md").read_text()
   assert "**dropout 0, learning_rate 0.001: 2.0010 (2.0000 / 2.0010 / 2.0020)**" in md
   assert "dropout 0, learning_rate 0.008: 2.3000 (1.9000 / 2.5000 / 2.5000)" in md
