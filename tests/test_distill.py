@@ -110,8 +110,8 @@ def test_projectable_reuses_the_source_forward(tiny_config, digits_data, mesh):
   results = []
   for config in (reuse, separate):
     method = make_method(config, digits_data)
-    params = method.init(jax.random.key(0))
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    params = jax.jit(method.init)(jax.random.key(0))
+    grad_fn = jax.jit(jax.value_and_grad(method.loss, has_aux=True))  # One program, not ~450.
     results.append(grad_fn(params, _batch(config, digits_data), jax.random.key(1)))
   assert make_method(reuse, digits_data).reuses_source_forward
   assert not make_method(separate, digits_data).reuses_source_forward
