@@ -26,37 +26,52 @@ def _trainer(config):
   )
 
 
-def test_an_equal_method_reuses_the_trainer_and_a_different_one_does_not(tiny_config, load_digits):
+def test_an_equal_program_reuses_the_trainers_functions_and_a_different_one_does_not(
+  tiny_config, load_digits
+):
   mesh = sharding.make_mesh(tiny_config.mesh)
   with jax.set_mesh(mesh):
     first = trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh)
-    # A fresh load of the same data, a fresh method: the same trainer, its jitted step.
+    # A fresh load of the same data, a fresh method: the same jitted step.
     again = trainer_lib.trainer_for(make_method(tiny_config, data_lib.load(tiny_config.data)), mesh)
-    assert again is first
+    assert again.jitted_train_step is first.jitted_train_step
+    # Other step inputs: the same jitted functions, with this run's inputs and settings.
+    tiny_config.train.learning_rate *= 2
+    tiny_config.seed += 1
+    faster = make_method(tiny_config, load_digits())
+    view = trainer_lib.trainer_for(faster, mesh)
+    assert view.jitted_train_step is first.jitted_train_step and view.method is faster
+    assert view.step_inputs["learning_rate"] == 2 * first.step_inputs["learning_rate"]
+    assert view.step_inputs["seed"] == first.step_inputs["seed"] + 1
+    assert float(view.schedule(10**6)) == 0.0 and view.step.seed == tiny_config.seed
+    # A program that differs: another split, a replaced loss, other dropouts.
     other_split = trainer_lib.trainer_for(make_method(tiny_config, load_digits(1)), mesh)
     replaced = make_method(tiny_config, load_digits())
     replaced.loss = lambda params, batch, key: (0.0, {})
     others = [other_split, trainer_lib.trainer_for(replaced, mesh)]
-    for _ in range(trainer_lib.RECENT_TRAINERS):
-      tiny_config.train.learning_rate *= 2
+    for dropout in (0.2, 0.3):
+      tiny_config.small.dropout = tiny_config.model.dropout = dropout
       others.append(trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh))
-    assert all(t is not first for t in others) and len({id(t) for t in others}) == len(others)
-    tiny_config.train.learning_rate /= 2**trainer_lib.RECENT_TRAINERS
-    # Only the last few are kept: the first is built anew.
-    assert trainer_lib.trainer_for(make_method(tiny_config, load_digits()), mesh) is not first
+    steps = {id(t.jitted_train_step) for t in others}
+    assert id(first.jitted_train_step) not in steps and len(steps) == len(others)
+    # Only the last few programs are kept: the first is built anew.
+    rebuilt = trainer_lib.trainer_for(faster, mesh)
+    assert rebuilt.jitted_train_step is not first.jitted_train_step
 
 
 def test_schedule_and_seed_are_inputs_of_one_compiled_step(tiny_config):
   """Runs that differ only in learning rate, warmup, length or seed lower to the same HLO (the
-  compilation cache serves them), and each step follows its own inputs."""
+  compilation cache serves them, also across processes), and each step follows its own inputs.
+  Built apart, not through trainer_for, which would share one jitted step outright."""
   tiny_config.mode = "universal"
-  first_mesh, first, batcher = _trainer(tiny_config)
-  train = tiny_config.train
-  train.learning_rate, train.warmup_steps, train.num_steps = 3e-3, 3, 40
-  tiny_config.seed += 1
-  mesh, second, _ = _trainer(tiny_config)
-  assert second is not first and mesh == first_mesh
+  mesh, _, batcher = _trainer(tiny_config)
+  data = data_lib.load(tiny_config.data)
   with jax.set_mesh(mesh):
+    first = trainer_lib.Trainer(make_method(tiny_config, data), mesh)
+    train = tiny_config.train
+    train.learning_rate, train.warmup_steps, train.num_steps = 3e-3, 3, 40
+    tiny_config.seed += 1
+    second = trainer_lib.Trainer(make_method(tiny_config, data), mesh)
     batch = pipeline.place(batcher(0), first.batch_shardings)
     texts = [t.lower_train_step(t.abstract_state, batch).as_text() for t in (first, second)]
     assert texts[0] == texts[1]

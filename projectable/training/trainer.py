@@ -10,6 +10,8 @@ whose loss or gradient norm is not finite changes neither weights nor optimizer)
 from __future__ import annotations
 
 import collections
+import copy
+import dataclasses
 import functools
 
 import jax
@@ -91,8 +93,7 @@ class Trainer:
   """A mode's state initialisation, train step and evaluation, sharded over ``mesh``."""
 
   def __init__(self, method: Method, mesh: Mesh):
-    self.step = method.step
-    self.method = method
+    self._use(method)
     self.mesh = mesh
     rules = self.step.rules
     # The optimizer for a schedule; its state's tree is the same for every schedule.
@@ -100,9 +101,6 @@ class Trainer:
       build_optimizer, self.step.optimizer, method.trainable(), method.lr_scales()
     )
     self.optimizer = self._optimizer_for()
-    opt = self.step.optimizer
-    self.schedule = learning_rate_schedule(opt.learning_rate, opt.warmup_steps, opt.num_steps)
-    self.step_inputs = step_inputs(self.step)
     self.param_shardings = sharding.tree_shardings(method.logical_axes(), mesh, rules)
     abstract_params = jax.eval_shape(method.init, jax.random.key(0))
     sharding.check_divisible(abstract_params, self.param_shardings)
@@ -160,6 +158,20 @@ class Trainer:
       self._state_from, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings
     )(params)
 
+  def with_method(self, method: Method) -> Trainer:
+    """This trainer for ``method``, which may differ from its own only in the step inputs:
+    the same jitted functions, ``method``'s schedule and seed."""
+    trainer = copy.copy(self)
+    trainer._use(method)
+    return trainer
+
+  def _use(self, method: Method) -> None:
+    """Points this trainer at ``method``: its settings, its schedule and its step inputs."""
+    self.method, self.step = method, method.step
+    opt = method.step.optimizer
+    self.schedule = learning_rate_schedule(opt.learning_rate, opt.warmup_steps, opt.num_steps)
+    self.step_inputs = step_inputs(method.step)
+
   def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     """One jitted step with this run's schedule and seed; ``state`` is donated."""
     return self.jitted_train_step(state, batch, self.step_inputs)
@@ -216,21 +228,32 @@ class Trainer:
     return {name: bits_per_dim(total / count, data.task_names) for name, total in totals.items()}
 
 
-# Trainers of recent methods, by settings_key and mesh (see trainer_for).
+# Trainers of recent programs, by _program_key and mesh (see trainer_for).
 _RECENT: collections.OrderedDict[tuple, Trainer] = collections.OrderedDict()
 RECENT_TRAINERS = 4
 
 
 def trainer_for(method: Method, mesh: Mesh) -> Trainer:
-  """``Trainer(method, mesh)``, or the one built for an equal method on ``mesh`` among the
-  last ``RECENT_TRAINERS``: a process that runs the same settings again (a notebook, the
-  tests, a resumed or re-evaluated run) reuses its traced and compiled functions."""
-  key = (method.settings_key(), mesh)
-  trainer = _RECENT.pop(key, None) or Trainer(method, mesh)
+  """``Trainer(method, mesh)``, sharing the traced and compiled functions of one built on
+  ``mesh`` for a method that differs at most in the step inputs (learning rate, warmup,
+  steps, seed) among the last ``RECENT_TRAINERS`` programs: a process that trains such runs
+  one after another (a sweep, a notebook, the tests) traces and compiles each program once."""
+  key = (_program_key(method), mesh)
+  built = _RECENT.pop(key, None)
+  trainer = Trainer(method, mesh) if built is None else built.with_method(method)
   _RECENT[key] = trainer
   while len(_RECENT) > RECENT_TRAINERS:
     _RECENT.popitem(last=False)
   return trainer
+
+
+def _program_key(method: Method) -> tuple:
+  """``method.settings_key()`` without the step inputs, which its programs do not read."""
+  cls, public, digest = method.settings_key()
+  step = method.step
+  optimizer = dataclasses.replace(step.optimizer, learning_rate=0.0, warmup_steps=0, num_steps=0)
+  no_inputs = dataclasses.replace(step, seed=0, optimizer=optimizer)
+  return cls, tuple((k, no_inputs if v is step else v) for k, v in public), digest
 
 
 def _like_params(tree, params: dict, param_shardings: dict, default: NamedSharding):
