@@ -64,7 +64,9 @@ FULL = Sizes(
   eval_every=50,
 )
 QUICK = Sizes(
-  source=dict(d=64, heads=4, mlp_dim=256, depth=2),
+  # One layer: quick runs check that every figure is produced (the test), and each of their
+  # ~10 compiled steps takes a quarter less time than at depth 2 (46 s -> 34 s in all).
+  source=dict(d=64, heads=4, mlp_dim=256, depth=1),
   small=dict(d=16, heads=2, mlp_dim=64),
   examples_per_task=4,
   repeats=3,
