@@ -247,9 +247,9 @@ def test_command_projects_at_lambda_0_unless_the_config_flag_says(
   config.lambda_source = expected
   reference = arms.reference_flops(config, data_lib.load(config.data))
   assert result["lambda_source"] == expected and result["reference_flops"] == reference
-  # Nothing trained: 8 trials (4 learning rates x 2 dropouts) per method at both budgets, and
+  # Nothing trained: 12 trials (6 learning rates x 2 dropouts) per method at both budgets, and
   # the points of seed 0 at 1/2 and of 3 seeds at 1, whose settings tuning has not chosen yet.
-  assert len(result["missing"]) == 2 * 2 * 8 + 2 * 4
+  assert len(result["missing"]) == 2 * 2 * 12 + 2 * 4
   assert f"projectable steps at λ={expected:g}" in (tmp_path / "frontier.md").read_text()
 
 

@@ -187,8 +187,8 @@ def test_rank0_control_projects_with_no_task_conditioned_part(tiny_config):
 def test_every_method_gets_the_same_trials_and_controls_on_a_source_more():
   grid = tuning.Grid(source_shares=tuning.DEFAULT_SOURCE_SHARES)
   counts = {m: len(grid.trials(m)) for m in frontier.ARMS}
-  assert {counts[m] for m in frontier.ARMS if m not in arms.FROM_SOURCE} == {8}
-  assert {counts[m] for m in arms.FROM_SOURCE} == {24}
+  assert {counts[m] for m in frontier.ARMS if m not in arms.FROM_SOURCE} == {12}
+  assert {counts[m] for m in arms.FROM_SOURCE} == {36}
   lrs = tuning.DEFAULT_LEARNING_RATES
   assert len(lrs) >= 4 and max(lrs) / min(lrs) >= 16 - 1e-9
 

@@ -28,8 +28,9 @@ from projectable.experiments import arms
 
 Settings = tuple[tuple[str, float], ...]  # Sorted (knob, value) pairs; () = the config's own.
 
-# A log grid spanning 16x (5e-4 to 8e-3) and the small models' dropout on and off.
-DEFAULT_LEARNING_RATES = (5e-4, 1.26e-3, 3.17e-3, 8e-3)
+# A log grid spanning 100x (5e-4 to 5e-2, steps of ~2.5x) and the small models' dropout on and
+# off. Up to 8e-3 only, the universal model's choice sat at the grid's edge (digits 1/4x: 2e-2).
+DEFAULT_LEARNING_RATES = (5e-4, 1.26e-3, 3.17e-3, 8e-3, 2e-2, 5e-2)
 DEFAULT_DROPOUTS = (0.0, 0.1)
 DEFAULT_SOURCE_SHARES = (0.1, 0.25, 0.5)
 
