@@ -62,7 +62,7 @@ def save_bar_chart(series: dict[str, dict[str, float]], path: str, title: str, y
   tasks = list(dict.fromkeys(task for values in series.values() for task in values))
   if not tasks:
     raise ValueError("no values to plot")
-  # Imported here: matplotlib is a third of a launcher's start-up, and most commands never plot.
+  # Imported here: matplotlib is a sixth of a launcher's start-up, and most commands never plot.
   from matplotlib.figure import Figure
 
   fig = Figure(figsize=(min(16.0, max(6.0, 0.25 * len(tasks) * len(series) + 3.0)), 4.5))
