@@ -188,6 +188,19 @@ def _point(method, budget, seed, bits):
   }
 
 
+def test_a_verdict_needs_every_other_small_model_at_projectables_seeds():
+  ours = [_point("projectable", 1.0, s, 1.70 + 0.01 * s) for s in range(3)]
+  universal = [_point("universal", 1.0, s, 1.90 + 0.01 * s) for s in range(3)]
+  specialists = [_point("specialists", 1.0, 0, 1.60)]  # Its seeds 1-2 still training.
+  source = [_point("source", 1.0, 0, 1.20)]  # The large model: not a rival.
+  table = frontier_report.markdown(_result(ours + universal + specialists + source))
+  assert "| 1x | – | – | – | incomplete (seeds of 3: specialists 1) |" in table
+  assert "projectable wins" not in table
+  specialists += [_point("specialists", 1.0, s, 2.10) for s in (1, 2)]
+  table = frontier_report.markdown(_result(ours + universal + specialists + source))
+  assert "| 1x | universal | -0.2000 |" in table and "| projectable wins |" in table
+
+
 def test_merge_joins_frontiers_of_one_ladder_and_refuses_others(tmp_path):
   ours = _result([_point("projectable", 0.5, 0, 2.0), _point("projectable", 1.0, 0, 1.8)])
   theirs = _result([_point("source", 1.0, 0, 1.7)], command="", missing=["source_b0.5_seed0"])

@@ -129,16 +129,24 @@ def baseline_convergence(result: dict) -> tuple[str | None, bool]:
 
 
 def _significance(groups: dict[str, dict[float, list[dict]]]) -> list[str]:
-  """Table lines: projectable against the best other method at each multi-seed budget."""
+  """Table lines: projectable against the best other small model at each multi-seed budget.
+
+  A budget where some other small model has fewer seeds than projectable gets no verdict:
+  a win over the methods that happen to have finished is not a win.
+  """
   ours = groups.get("projectable", {})
+  rivals = [m for m in groups if m not in ("projectable", "source")]
   lines = []
   for budget, runs in sorted(ours.items()):
-    others = {m: g[budget] for m, g in groups.items() if m != "projectable" and budget in g}
-    others = {m: rs for m, rs in others.items() if len(rs) > 1}
-    if len(runs) < 2 or not others:
+    if len(runs) < 2 or not rivals:
       continue
-    best = min(others, key=lambda m: np.mean(_test(others[m])))
-    a, b = _test(runs), _test(others[best])
+    short = [m for m in rivals if len(groups[m].get(budget, [])) < len(runs)]
+    if short:
+      seeds = ", ".join(f"{m} {len(groups[m].get(budget, []))}" for m in short)
+      lines.append(f"| {budget:g}x | – | – | – | incomplete (seeds of {len(runs)}: {seeds}) |")
+      continue
+    best = min(rivals, key=lambda m: np.mean(_test(groups[m][budget])))
+    a, b = _test(runs), _test(groups[best][budget])
     lines.append(
       f"| {budget:g}x | {best} | {np.mean(a) - np.mean(b):+.4f} | {stats.welch_p(a, b):.3g} "
       f"| projectable {stats.verdict(a, b)} |"
