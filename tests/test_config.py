@@ -12,7 +12,8 @@ from ml_collections import ConfigDict
 from configs import digits
 from projectable.core.projector import FORMS
 from projectable.experiments.run import train_and_evaluate
-from projectable.training import modes, validation
+from projectable.training import config as config_lib
+from projectable.training import modes, typed_config, validation
 
 BAD_VALUES = [
   ("mode", "teacher", "config.mode"),
@@ -132,7 +133,7 @@ BAD = {
   "train.warmup_steps": NOT_INT | st.integers(max_value=-1) | st.integers(min_value=6),
   "train.weight_decay": NOT_NUMBER | NEGATIVE,
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
-  "train.projector_lr_scale": NOT_NUMBER | NEGATIVE | st.just(0.0),
+  "train.projector_lr_scale": NOT_NUMBER.filter(lambda v: v is not None) | NEGATIVE | st.just(0.0),
   "projector.scales_about_one": st.none() | st.integers() | st.text(max_size=4),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
@@ -172,3 +173,19 @@ def test_any_bad_value_raises_a_value_error_naming_its_field(field_and_value):
   field, value = field_and_value
   with pytest.raises(ValueError, match=rf"config\.{re.escape(field)}\b"):
     validation.validate(_with(field, value))
+
+
+def test_the_projectors_rate_defaults_by_lambda_and_old_runs_keep_theirs():
+  config = digits.get_config("tiny")
+  assert config.train.projector_lr_scale is None
+  rates = {}
+  for lambda_source in (0.0, 1.0):
+    config.lambda_source = lambda_source
+    rates[lambda_source] = typed_config.StepConfig.from_config(config).optimizer.projector_lr_scale
+  assert rates == {0.0: typed_config.LAMBDA0_PROJECTOR_LR_SCALE, 1.0: 1.0}
+  config.train.projector_lr_scale = 2.0  # An explicit value wins at any λ.
+  assert typed_config.StepConfig.from_config(config).optimizer.projector_lr_scale == 2.0
+  # A run saved before the field existed trained its projectors at the source's rate.
+  saved = config.to_dict()
+  del saved["train"]["projector_lr_scale"]
+  assert config_lib.with_defaults(saved)["train"]["projector_lr_scale"] == 1.0

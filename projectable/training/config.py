@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 
 def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
@@ -61,9 +61,9 @@ def _add_train(c: ConfigDict) -> None:
   c.train.weight_decay = 0.01  # AdamW decoupled weight decay on matrices.
   c.train.grad_clip = 1.0  # Global gradient-norm clip.
   # Projectable mode: the projectors' learning rate as a multiple of learning_rate (the source
-  # keeps learning_rate). At lambda_source=0 the small weights are products of source and
-  # projector weights that Adam moves separately (docs/method.md).
-  c.train.projector_lr_scale = 1.0
+  # keeps learning_rate). None: 0.3 at lambda_source=0 (at 1 it stalls at the rates the small
+  # models prefer), 1 with the source's own loss (typed_config, docs/method.md).
+  c.train.projector_lr_scale = config_dict.placeholder(float)
   c.train.freeze_source = False  # Projectable mode: train projectors only, source fixed.
   c.train.eval_every = 100  # Steps between val/test evaluations (best step chosen on val).
   c.train.log_every = 20  # Steps between train-metric logs.
@@ -191,4 +191,7 @@ def with_defaults(saved: dict) -> dict:
         out[key] = fill(out[key], default)
     return out
 
-  return fill(saved, json.loads(base_config().to_json_best_effort()))
+  filled = fill(saved, json.loads(base_config().to_json_best_effort()))
+  if "projector_lr_scale" not in saved.get("train", {}):  # Trained at 1 before it existed.
+    filled["train"] = {**filled["train"], "projector_lr_scale": 1.0}
+  return filled

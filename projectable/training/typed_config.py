@@ -22,7 +22,7 @@ class OptimizerConfig:
   num_steps: int  # Steps of the cosine schedule.
   weight_decay: float  # Decoupled weight decay on matrices.
   grad_clip: float  # Global gradient-norm clip.
-  projector_lr_scale: float = 1.0  # Projectable: the projector's rate, times learning_rate.
+  projector_lr_scale: float  # Projectable: the projectors' rate, times learning_rate.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +67,24 @@ class StepConfig:
         num_steps=train.num_steps,
         weight_decay=train.weight_decay,
         grad_clip=train.grad_clip,
-        projector_lr_scale=float(train.projector_lr_scale),
+        projector_lr_scale=projector_lr_scale(config),
       ),
     )
+
+
+# The projectors' rate multiple at λ = 0 where the config leaves it (None): Adam moves every
+# entry of a map by about the rate, and a small weight sums many entries of its maps, so at 1
+# λ = 0 stalls at the rates the small models train well at (docs/method.md).
+LAMBDA0_PROJECTOR_LR_SCALE = 0.3
+
+
+def projector_lr_scale(config: ml_collections.ConfigDict) -> float:
+  """``train.projector_lr_scale``, or where None its default: 0.3 at λ = 0, else 1 (with the
+  source's own loss 0.3 trained the digits demo slower)."""
+  scale = config.train.projector_lr_scale
+  if scale is not None:
+    return float(scale)
+  return LAMBDA0_PROJECTOR_LR_SCALE if config.lambda_source == 0 else 1.0
 
 
 def source_config(config: ml_collections.ConfigDict, data: TaskData) -> ModelConfig:

@@ -159,7 +159,8 @@ def _validate_train(config: ConfigDict) -> None:
   )
   _number_at_least(config, "train.weight_decay", 0)
   _number_at_least(config, "train.grad_clip", 0, strict=True)
-  _number_at_least(config, "train.projector_lr_scale", 0, strict=True)
+  if train.projector_lr_scale is not None:  # None: its default for the run's λ.
+    _number_at_least(config, "train.projector_lr_scale", 0, strict=True)
   for field in ("freeze_source", "unroll_layers", "remat", "fast_compile"):
     _check(isinstance(train[field], bool), f"train.{field}", train[field], "must be True or False")
   _one_of(config, "train.nonfinite", NONFINITE_POLICIES)
