@@ -335,3 +335,17 @@ def test_report_only_trains_nothing_and_lists_unfinished_points(tiny_config, tmp
   assert result["missing"] == [f"{m}_b1_seed0" for m in methods]
   with open(os.path.join(tmp_path, "frontier.md")) as f:
     assert "Not finished, left out: universal_b1_seed0, weight_selection_ft_b1_seed0." in f.read()
+
+
+def test_projected_points_at_two_projector_rates_do_not_merge():
+  # Before the rate was recorded, projected methods trained their projectors at 1.
+  old = _result([_point("projectable", 0.5, 0, 2.0)])
+  new = _result([_point("projectable", 1.0, 0, 1.8)], projector_lr_scale=0.3)
+  with pytest.raises(ValueError, match=r"different projector_lr_scale \[0.3, 1.0\]"):
+    frontier_report.merge([old, new])
+  # Frontiers without projected points have no say, whatever code wrote them.
+  baselines = _result([_point("universal", 1.0, 0, 1.9)])
+  merged = frontier_report.merge([baselines, new])
+  assert merged["projector_lr_scale"] == 0.3
+  assert "Projectors train at 0.3 x the learning rate" in frontier_report.markdown(merged)
+  assert "Projectors train" not in frontier_report.markdown(baselines)

@@ -55,6 +55,7 @@ from absl import logging
 from projectable.experiments import arms, frontier_plan, frontier_report, tuning
 from projectable.experiments.frontier_plan import Point
 from projectable.experiments.progress import PointProgress
+from projectable.training import typed_config
 
 ARMS = (
   "projectable",
@@ -321,6 +322,7 @@ def frontier(
     "reference_flops": reference,
     "reference_steps": config.train.num_steps,
     "lambda_source": config.lambda_source,
+    "projector_lr_scale": typed_config.projector_lr_scale(config),
     "source_share": source_share,
     "distill_weight": distill_weight,
     "grid": {k: list(v) for k, v in dataclasses.asdict(grid).items()},

@@ -48,6 +48,12 @@ def merge(results: Sequence[dict]) -> dict:
   lambdas = {r["lambda_source"] for r in results if "lambda_source" in r}
   if len(lambdas) > 1:
     raise ValueError(f"frontiers of different lambda_source {sorted(lambdas)} do not merge")
+  rates = {_projector_rate(r) for r in results} - {None}
+  if len(rates) > 1:
+    raise ValueError(
+      f"frontiers whose projected methods train at different projector_lr_scale {sorted(rates)} "
+      "do not merge"
+    )
   # Recorded since --confirm_top; older frontiers chose on their first seed (1).
   confirm = {r.get("confirm_top", 1) for r in results}
   if len(confirm) > 1:
@@ -73,9 +79,19 @@ def merge(results: Sequence[dict]) -> dict:
     merged["grid"] = {k: sorted({v for g in grids for v in g.get(k, [])}) for k in knobs}
   if lambdas:
     merged["lambda_source"] = lambdas.pop()
+  if rates:
+    merged["projector_lr_scale"] = rates.pop()
   if "trained_source" in first:
     merged["trained_source"] = first["trained_source"]
   return merged
+
+
+def _projector_rate(result: dict) -> float | None:
+  """The projectors' default rate multiple of a frontier's projected points (None: it has
+  none); frontiers from before it was recorded trained them at 1."""
+  if not any(p["method"].startswith("projectable") for p in result["points"]):
+    return None
+  return result.get("projector_lr_scale", 1.0)
 
 
 def _grouped(points: list[dict]) -> dict[str, dict[float, list[dict]]]:
@@ -258,6 +274,9 @@ def _preamble(result: dict) -> str:
     f"Budgets are multiples of {result['reference_steps']} projectable steps{at_lambda} "
     f"({result['reference_flops']:.4g} FLOPs)."
   )
+  rate = _projector_rate(result)
+  if rate is not None:
+    budgets_are += f" Projectors train at {rate:g} x the learning rate unless a trial sets it."
   on_source = sorted({p["method"] for p in result["points"]} & set(arms.FROM_SOURCE))
   if "trained_source" in result:
     src = result["trained_source"]
