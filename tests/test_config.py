@@ -13,7 +13,7 @@ from configs import digits
 from projectable.core.projector import FORMS
 from projectable.experiments.run import train_and_evaluate
 from projectable.training import config as config_lib
-from projectable.training import modes, typed_config, validation
+from projectable.training import modes, summaries, typed_config, validation
 
 BAD_VALUES = [
   ("mode", "teacher", "config.mode"),
@@ -182,6 +182,8 @@ def test_the_projectors_rate_defaults_by_lambda_and_old_runs_keep_theirs():
   for lambda_source in (0.0, 1.0):
     config.lambda_source = lambda_source
     rates[lambda_source] = typed_config.StepConfig.from_config(config).optimizer.projector_lr_scale
+    # TensorBoard's HParams show the rate the run trained at, not None.
+    assert summaries.hparams(config)["train.projector_lr_scale"] == rates[lambda_source]
   assert rates == {0.0: typed_config.LAMBDA0_PROJECTOR_LR_SCALE, 1.0: 1.0}
   config.train.projector_lr_scale = 2.0  # An explicit value wins at any λ.
   assert typed_config.StepConfig.from_config(config).optimizer.projector_lr_scale == 2.0

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from projectable.core import sampling
 from projectable.data.records import TaskData
 from projectable.data.tokens import tokens_to_images
-from projectable.training import tb_writer
+from projectable.training import tb_writer, typed_config
 from projectable.training.modes import Method
 
 
@@ -33,7 +33,8 @@ def open_writer(workdir: str) -> tb_writer.Writer:
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
-  """Every scalar field of the config, flattened to ``section.field`` keys."""
+  """Every scalar field of the config, flattened to ``section.field`` keys (a default left
+  as None, the projectors' rate multiple, as the value it resolves to)."""
   out = {}
 
   def walk(prefix: str, node: dict) -> None:
@@ -45,6 +46,7 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float |
         out[name] = value
 
   walk("", config.to_dict())
+  out["train.projector_lr_scale"] = typed_config.projector_lr_scale(config)
   return out
 
 
