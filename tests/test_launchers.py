@@ -160,3 +160,11 @@ def test_frontier_refuses_a_bad_config_value_before_any_point(tmp_path, run_laun
   with pytest.raises(ValueError, match=r"config\.train\.learning_rate=-1\.0 is invalid"):
     run_launcher("frontier", args)
   assert not os.path.exists(tmp_path / "f")
+
+
+def test_frontier_refuses_a_bad_shard_before_any_point(tmp_path, run_launcher):
+  config = os.path.join(REPO, "configs", "digits.py") + ":tiny"
+  args = [f"--config={config}", f"--workdir={tmp_path / 'f'}", "--shard=2/2"]
+  with pytest.raises(app.UsageError, match=r"--shard=2/2: .*want 0 <= index < count"):
+    run_launcher("frontier", args)
+  assert not os.path.exists(tmp_path / "f")

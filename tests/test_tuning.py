@@ -266,3 +266,55 @@ def test_extend_until_converged_doubles_only_until_the_best_baseline_flattens():
   ladders.clear()
   frontier.extend_until_converged(run, [1.0, 2.0], max_budget=4)
   assert ladders[-1] == [1.0, 2.0, 4.0]  # The cap wins.
+
+
+def test_shards_sharing_a_workdir_train_disjoint_points_and_complete_the_frontier(
+  tiny_config, tmp_path, monkeypatch
+):
+  by_shard: dict[str, list[str]] = {}
+  stand_in, current = _Disagreeing(tiny_config), ["whole"]
+
+  built_on = []  # (shard, the source run a run starts from)
+
+  def record(config, workdir):
+    by_shard.setdefault(current[0], []).append(os.path.basename(workdir))
+    if config.init.source_workdir:
+      built_on.append((current[0], os.path.basename(config.init.source_workdir)))
+    return stand_in(config, workdir)
+
+  monkeypatch.setattr(arms.run, "train_and_evaluate", record)
+
+  def run(shard: str, workdir: str) -> dict:
+    current[0] = shard
+    return frontier.frontier(
+      tiny_config,
+      workdir,
+      (0.5, 1.0),
+      seeds=[0],
+      top_seeds=[0, 1],
+      methods=("universal", "specialists", "weight_selection_ft"),
+      grid=tuning.Grid(learning_rates=(1e-3, 8e-3), dropouts=(0.0,), source_shares=(0.5,)),
+      confirm_top=2,
+      shard=frontier.Shard.parse(shard),
+    )
+
+  whole = run("0/1", str(tmp_path / "whole"))
+  first = run("0/2", str(tmp_path / "sharded"))
+  assert first["missing"] and not set(first["missing"]) & set(by_shard["0/2"])
+  for _ in range(3):  # A choice waits on the other shard's trials: rounds finish it.
+    result = run("1/2", str(tmp_path / "sharded"))
+    result = run("0/2", str(tmp_path / "sharded"))
+  assert result["missing"] == []
+  # Each point trained once, in one shard; together they trained what one process did.
+  mine, theirs = set(by_shard["0/2"]), set(by_shard["1/2"])
+  assert mine and theirs and not mine & theirs
+  assert len(by_shard["0/2"]) + len(by_shard["1/2"]) == len(by_shard["0/1"])
+  assert sorted(mine | theirs) == sorted(by_shard["0/1"])
+  assert result["tuning"] == whole["tuning"]
+  # A method built on a source trains in the shard that trains its source.
+  sharded = [(shard, source) for shard, source in built_on if shard != "0/1"]
+  assert sharded and all(source in by_shard[shard] for shard, source in sharded), sharded
+  with pytest.raises(ValueError, match="want INDEX/COUNT"):
+    frontier.Shard.parse("2")
+  with pytest.raises(ValueError, match="want 0 <= index < count"):
+    frontier.Shard.parse("2/2")

@@ -39,6 +39,10 @@ and resumes, or is reused when finished (``arms.run_arm``). ``extend_until_conve
 doubles the ladder until the best baseline's validation gains under 1% per doubling.
 Writes DIR/frontier.{json,md,png}; ``merge`` joins frontiers
 run apart (e.g. methods on different machines) on the same budget ladder.
+
+``Shard`` splits one frontier over processes sharing its workdir (a SLURM array, one
+process per core): each trains the points it owns and reports every finished one; a
+choice waits for the trials of every shard, so a shard reruns until nothing is missing.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import ml_collections
 from absl import logging
 
 from projectable.experiments import arms, frontier_plan, frontier_report, tuning
-from projectable.experiments.frontier_plan import Point
+from projectable.experiments.frontier_plan import WHOLE, Point, Shard
 from projectable.experiments.progress import PointProgress
 from projectable.training import typed_config
 
@@ -159,10 +163,11 @@ def _record(point: Point, metrics: dict, source: dict | None) -> dict:
 
 class _Runner:
   """Trains (or reuses) points once each, logging "point k/N" with an ETA; or, with
-  ``train=False``, reports finished ones and names the rest as missing."""
+  ``train=False`` or for another shard's points, reports finished ones and names the rest
+  as missing."""
 
-  def __init__(self, total: int, train: bool):
-    self.train = train
+  def __init__(self, total: int, train: bool, shard: Shard = WHOLE):
+    self.train, self.shard = train, shard
     self.progress = PointProgress(total)
     self.records: dict[str, dict | None] = {}
     self.missing: list[str] = []
@@ -176,7 +181,7 @@ class _Runner:
   def _run(self, point: Point, name: str) -> dict | None:
     runs = [p for p in (point.source, point) if p is not None]
     to_train = any(arms.finished_metrics(p.config, p.workdir) is None for p in runs)
-    if to_train and not self.train:
+    if to_train and not (self.train and self.shard.owns(point)):
       self.missing.append(name)
       return None
     self.progress.start(len(self.records) + 1, name + ("" if to_train else " (finished: reused)"))
@@ -274,6 +279,7 @@ def frontier(
   tune_budgets: Sequence[float] = (),
   multi_seed_from: float | None = None,
   confirm_top: int = 1,
+  shard: Shard = WHOLE,
 ) -> dict:
   """Tunes, trains (or reuses) every point; writes frontier.{json,md,png}; returns the json.
 
@@ -281,7 +287,8 @@ def frontier(
   ``confirm_top`` > 1 chooses among that many on every seed of a multi-seed budget. With
   ``source_workdir`` this is the amortised frontier (``frontier_plan``). With
   ``train=False`` nothing trains: the report holds the finished points and lists the
-  others under ``missing`` (a look at a frontier still running elsewhere).
+  others under ``missing`` (a look at a frontier still running elsewhere); ``shard``
+  trains only its own points.
   """
   ladder = sorted(set(budgets))
   tuned = sorted(set(tune_budgets or ladder))
@@ -303,7 +310,7 @@ def frontier(
   by_key = {(p.method, p.budget, p.seed, p.settings): p for p in points}
   seeds_at = lambda b: _seeds_at(b, ladder, seeds, top_seeds, multi_seed_from)
   total = _planned_runs(methods, ladder, tuned, seeds_at, grid, confirm_top)
-  runner = _Runner(total, train)
+  runner = _Runner(total, train, shard)
   chosen, trials_record = _tune(runner, by_key, methods, tuned, seeds_at, grid, confirm_top)
   records = []
   for budget in ladder:

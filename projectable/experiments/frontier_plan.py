@@ -8,12 +8,14 @@ it: they start from the ``source`` point at budget ``share * B`` (same seed, the
 own settings) and spend ``(1 - share) * B`` on their own training; ``share`` is the
 frontier's ``source_share`` unless their settings choose one. With a ``source_workdir``
 (the amortised frontier) they all build on that trained source and spend all of B.
+A ``Shard`` says which of several processes sharing the workdir trains a point.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 
 import ml_collections
 
@@ -34,6 +36,35 @@ class Point:
   workdir: str
   source: Point | None = None  # arms.FROM_SOURCE methods: the source point they build on.
   settings: tuning.Settings = ()  # The tuned knobs it trains with; () = the config's own.
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Process ``index`` of ``count`` sharing a frontier's workdir. It trains the points whose
+  run hashes to it; the methods built on a source go by their source's run, so the trials
+  that share a source run in the shard that trains it."""
+
+  index: int = 0
+  count: int = 1
+
+  def __post_init__(self):
+    if not 0 <= self.index < self.count:
+      raise ValueError(f"shard {self.index}/{self.count}: want 0 <= index < count")
+
+  @classmethod
+  def parse(cls, text: str) -> Shard:
+    """``'i/n'`` -> Shard(i, n)."""
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit()):
+      raise ValueError(f"shard {text!r}: want INDEX/COUNT, e.g. 0/2")
+    return cls(int(index), int(count))
+
+  def owns(self, point: Point) -> bool:
+    run = os.path.basename((point.source or point).workdir)
+    return zlib.crc32(run.encode()) % self.count == self.index
+
+
+WHOLE = Shard()  # One process trains every point.
 
 
 class Planner:

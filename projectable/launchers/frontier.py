@@ -7,6 +7,8 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
       --source_workdir=SOURCE_RUN   # amortised: every method builds on one trained source
   projectable-frontier --config=digits --workdir=DIR \
       --multi_seed_from=1/4 --extend_until_converged --max_budget=16
+  taskset -c 0 projectable-frontier --config=digits --workdir=DIR --shard=0/2 --poll_s=60 &
+  taskset -c 1 projectable-frontier --config=digits --workdir=DIR --shard=1/2 --poll_s=60
 
 Every method is tuned alike on validation bits/dim (never test): at each budget of
 --tune_budgets (default: all) it trains every learning rate of --learning_rates with
@@ -30,8 +32,9 @@ import fractions
 import os
 import shlex
 import sys
+import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from projectable import launchers
@@ -115,6 +118,19 @@ flags.DEFINE_bool(
   "Double the ladder's top until the best baseline's validation gains < 1% per doubling.",
 )
 flags.DEFINE_string("max_budget", "64", "extend_until_converged stops before passing this.")
+flags.DEFINE_string(
+  "shard",
+  "0/1",
+  "INDEX/COUNT: this process trains only its share of the points (e.g. one process per core "
+  "or a SLURM array task each, all on one --workdir) and reports every finished one.",
+)
+flags.DEFINE_integer(
+  "poll_s",
+  0,
+  "With --shard: while points of other shards are missing, check again every this many "
+  "seconds (a choice waits for every shard's trials) until the frontier is complete.",
+  lower_bound=0,
+)
 flags.DEFINE_bool(
   "report_only",
   False,
@@ -139,6 +155,10 @@ def main(argv: list[str]) -> None:
     tuple(_numbers("lambda_sources")),
   )
   seed_from = _numbers("multi_seed_from")
+  try:
+    shard = frontier.Shard.parse(FLAGS.shard)
+  except ValueError as e:
+    raise app.UsageError(f"--shard={FLAGS.shard}: {e}") from None
   run = lambda budgets: frontier.frontier(
     frontier.compute_optimal(FLAGS.config, overridden),
     FLAGS.workdir,
@@ -155,13 +175,24 @@ def main(argv: list[str]) -> None:
     tune_budgets=_numbers("tune_budgets"),
     multi_seed_from=seed_from[0] if seed_from else None,
     confirm_top=FLAGS.confirm_top,
+    shard=shard,
   )
   budgets = _numbers("budgets")
   if FLAGS.extend_until_converged:
     (max_budget,) = _numbers("max_budget")
-    result = frontier.extend_until_converged(run, budgets, max_budget)
+    go = lambda: frontier.extend_until_converged(run, budgets, max_budget)
   else:
-    result = run(budgets)
+    go = lambda: run(budgets)
+  result = go()
+  while FLAGS.poll_s and result["missing"] and not FLAGS.report_only:
+    logging.info(
+      "shard %s: %d points missing, trained elsewhere or waiting on them; checking again in %ds",
+      FLAGS.shard,
+      len(result["missing"]),
+      FLAGS.poll_s,
+    )
+    time.sleep(FLAGS.poll_s)
+    result = go()
   print(frontier_report.markdown(result))
 
 
