@@ -19,3 +19,7 @@ def test_point_progress_eta_is_the_mean_point_time_times_the_points_left():
   progress.done(timed=False)  # A reused point does not lower the mean.
   assert progress.eta_s(4) == pytest.approx(2 * 75.0)
   assert progress.seconds == [100.0, 50.0]
+  # Shards of one frontier: each sees every point, and trains its share of those left.
+  shared = PointProgress(5, clock=lambda: now[0], processes=2)
+  shared.seconds = [100.0]
+  assert shared.eta_s(2) == pytest.approx(4 * 100.0 / 2)

@@ -116,7 +116,9 @@ def test_confirming_the_best_trials_on_every_seed_outvotes_a_lucky_first_seed(
   monkeypatch.setattr(arms.run, "train_and_evaluate", _LuckyFirstSeed(tiny_config))
   totals = []  # The N of the "point k/N" progress lines.
   monkeypatch.setattr(
-    frontier, "PointProgress", lambda total: totals.append(total) or PointProgress(total)
+    frontier,
+    "PointProgress",
+    lambda total, **kw: totals.append(total) or PointProgress(total, **kw),
   )
   grid = tuning.Grid(learning_rates=(3e-4, 1e-3, 8e-3), dropouts=(0.0,))
   result = frontier.frontier(

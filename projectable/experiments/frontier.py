@@ -168,7 +168,7 @@ class _Runner:
 
   def __init__(self, total: int, train: bool, shard: Shard = WHOLE):
     self.train, self.shard = train, shard
-    self.progress = PointProgress(total)
+    self.progress = PointProgress(total, processes=shard.count)
     self.records: dict[str, dict | None] = {}
     self.missing: list[str] = []
 

@@ -7,8 +7,9 @@
       progress.done()  # Or done(timed=False) for a point that was reused, not run.
 
 The ETA is the mean wall time of the points finished so far (those ``done`` with
-``timed=True``) times the points left, the one starting included; ``?`` until one
-point has been timed. ``start`` ends a point still open, as ``done()`` would.
+``timed=True``) times the points left, the one starting included, shared by ``processes``
+(the shards of a frontier); ``?`` until one point has been timed. ``start`` ends a point
+still open, as ``done()`` would.
 """
 
 from __future__ import annotations
@@ -24,19 +25,20 @@ from projectable.training.console import format_duration
 class PointProgress:
   """Logs the start of each of ``total`` points with an ETA from their mean wall time."""
 
-  def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
+  def __init__(self, total: int, clock: Callable[[], float] = time.monotonic, processes: int = 1):
     if total < 0:
       raise ValueError(f"total must be >= 0, got {total}")
-    self.total = total
+    self.total, self.processes = total, processes
     self.clock = clock
     self.seconds: list[float] = []  # Wall time of each timed point, in order.
     self._open: float | None = None  # Start time of the point in progress.
 
   def eta_s(self, k: int) -> float:
-    """Seconds left when point ``k`` (1-based) starts: mean point time x points left."""
+    """Seconds left when point ``k`` (1-based) starts: mean point time x points left, over
+    the processes that share them."""
     if not self.seconds:
       return float("inf")
-    return (self.total - k + 1) * sum(self.seconds) / len(self.seconds)
+    return (self.total - k + 1) * sum(self.seconds) / len(self.seconds) / self.processes
 
   def start(self, k: int, name: str) -> str:
     """Logs and returns ``point k/N: name (ETA ...)``; ends the previous point if open."""
