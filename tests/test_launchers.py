@@ -5,13 +5,14 @@ import ast
 import importlib
 import os
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 from absl import app, flags
 
-from projectable.experiments import cli, config_names
+from projectable.experiments import cli, config_names, frontier, frontier_report
 from projectable.training import restore
 from projectable.training.modes import make_method
 
@@ -168,3 +169,20 @@ def test_frontier_refuses_a_bad_shard_before_any_point(tmp_path, run_launcher):
   with pytest.raises(app.UsageError, match=r"--shard=2/2: .*want 0 <= index < count"):
     run_launcher("frontier", args)
   assert not os.path.exists(tmp_path / "f")
+
+
+def test_a_polling_shard_runs_again_until_nothing_is_missing(tmp_path, run_launcher, monkeypatch):
+  results = [{"missing": ["a", "b"]}, {"missing": ["b"]}, {"missing": []}]
+  calls, naps = [], []
+
+  def stand_in(*args, shard, **kwargs):
+    calls.append(shard)
+    return {**results[len(calls) - 1], "points": []}
+
+  monkeypatch.setattr(frontier, "frontier", stand_in)
+  monkeypatch.setattr(frontier_report, "markdown", lambda result: "")
+  monkeypatch.setattr(time, "sleep", naps.append)
+  config = os.path.join(REPO, "configs", "digits.py") + ":tiny"
+  args = [f"--config={config}", f"--workdir={tmp_path}", "--shard=1/2", "--poll_s=7"]
+  run_launcher("frontier", args)
+  assert calls == [frontier.Shard(1, 2)] * 3 and naps == [7, 7]

@@ -33,6 +33,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -183,6 +184,11 @@ def main(argv: list[str]) -> None:
     go = lambda: frontier.extend_until_converged(run, budgets, max_budget)
   else:
     go = lambda: run(budgets)
+  print(frontier_report.markdown(_until_complete(go)))
+
+
+def _until_complete(go: Callable[[], dict]) -> dict:
+  """``go()``'s frontier; with --poll_s, ``go()`` again until no point is missing."""
   result = go()
   while FLAGS.poll_s and result["missing"] and not FLAGS.report_only:
     logging.info(
@@ -193,7 +199,7 @@ def main(argv: list[str]) -> None:
     )
     time.sleep(FLAGS.poll_s)
     result = go()
-  print(frontier_report.markdown(result))
+  return result
 
 
 def _numbers(name: str) -> list[float]:
