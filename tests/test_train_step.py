@@ -155,8 +155,9 @@ def test_lambda0_trains_at_the_universal_models_rate_without_stalling(tiny_confi
     return float(np.mean(_run_steps(tiny_config, 100)[2][-20:]))
 
   # Measured (nats per pixel, steps 80-99): 1.595 at the default, 1.575 universal, and 1.767
-  # with the projectors at the source's rate (the default before the fix), which fails here.
-  assert late_loss("projectable") < late_loss("universal") + 0.06
+  # with the projectors at the source's rate (the default before the fix): it fails the bound
+  # by as much as the default passes it.
+  assert late_loss("projectable") < late_loss("universal") + 0.1
 
 
 def test_scales_about_one_route_every_projection_of_the_mode(tiny_config):
