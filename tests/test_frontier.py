@@ -349,3 +349,25 @@ def test_projected_points_at_two_projector_rates_do_not_merge():
   assert merged["projector_lr_scale"] == 0.3
   assert "Projectors train at 0.3 x the learning rate" in frontier_report.markdown(merged)
   assert "Projectors train" not in frontier_report.markdown(baselines)
+
+
+def test_an_older_frontiers_baselines_merge_beside_projected_points_rerun_at_a_new_rate():
+  old = _result(
+    [_point("projectable", 0.5, 0, 2.0), _point("universal", 0.5, 0, 1.9)],
+    tuning=[{"method": "projectable"}, {"method": "universal"}],
+    missing=["projectable_b1_seed0", "projectable_rank0_b1_seed0", "universal_b1_seed0"],
+  )
+  new = _result([_point("projectable", 0.5, 0, 1.8)], projector_lr_scale=0.3)
+  baselines = frontier_report.keep_methods(old, ["universal"])
+  assert [p["method"] for p in baselines["points"]] == ["universal"]
+  assert baselines["tuning"] == [{"method": "universal"}]
+  assert baselines["missing"] == ["universal_b1_seed0"]  # Not projectable_rank0's either.
+  merged = frontier_report.merge([baselines, new])
+  assert merged["projector_lr_scale"] == 0.3
+  assert [(p["method"], p["bits_per_dim"]["mean"]) for p in merged["points"]] == [
+    ("universal", 1.9),
+    ("projectable", 1.8),
+  ]
+  assert len(old["points"]) == 2  # The older frontier itself is left as it was.
+  with pytest.raises(ValueError, match=r"no points of \['specialists'\]; it has"):
+    frontier_report.keep_methods(old, ["universal", "specialists"])

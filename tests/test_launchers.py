@@ -3,6 +3,7 @@
 
 import ast
 import importlib
+import json
 import os
 import sys
 import time
@@ -186,3 +187,52 @@ def test_a_polling_shard_runs_again_until_nothing_is_missing(tmp_path, run_launc
   args = [f"--config={config}", f"--workdir={tmp_path}", "--shard=1/2", "--poll_s=7"]
   run_launcher("frontier", args)
   assert calls == [frontier.Shard(1, 2)] * 3 and naps == [7, 7]
+
+
+def test_merge_keeps_the_methods_named_per_frontier(tmp_path, run_launcher, capsys):
+  def frontier_json(name, points, **fields):
+    result = {
+      "dataset": "digits",
+      "command": f"python launch/frontier.py --workdir={name}",
+      "reference_flops": 1e9,
+      "reference_steps": 6,
+      "source_share": 0.5,
+      "distill_weight": 0.5,
+      "points": [
+        {
+          "method": m,
+          "budget": 1.0,
+          "budget_flops": 1e9,
+          "train_flops": 1e9,
+          "steps": 6,
+          "seed": 0,
+          "wall_s": 1.0,
+          "bits_per_dim": {"mean": bits, "per_task": {}},
+        }
+        for m, bits in points
+      ],
+      **fields,
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
+    return str(path)
+
+  old = frontier_json("old", [("projectable", 2.0), ("universal", 1.9), ("specialists", 1.95)])
+  new = frontier_json("new", [("projectable", 1.8)], projector_lr_scale=0.3)
+  with pytest.raises(app.UsageError, match="different projector_lr_scale"):
+    run_launcher("merge_frontiers", [f"--frontiers={old},{new}", f"--workdir={tmp_path / 'a'}"])
+  out = tmp_path / "merged"
+  args = [f"--frontiers={old},{new}", "--methods=universal+specialists,all", f"--workdir={out}"]
+  run_launcher("merge_frontiers", args)
+  merged = json.loads((out / "frontier.json").read_text())
+  assert sorted((p["method"], p["bits_per_dim"]["mean"]) for p in merged["points"]) == [
+    ("projectable", 1.8),
+    ("specialists", 1.95),
+    ("universal", 1.9),
+  ]
+  with pytest.raises(app.UsageError, match="--methods has 1 entries for 2 --frontiers"):
+    run_launcher("merge_frontiers", [f"--frontiers={old},{new}", "--methods=all", "--workdir=x"])
+  with pytest.raises(app.UsageError, match=r"--methods=source of .*old\.json: no points of"):
+    run_launcher(
+      "merge_frontiers", [f"--frontiers={old},{new}", "--methods=source,all", "--workdir=x"]
+    )

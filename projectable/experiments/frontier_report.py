@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -84,6 +84,25 @@ def merge(results: Sequence[dict]) -> dict:
   if "trained_source" in first:
     merged["trained_source"] = first["trained_source"]
   return merged
+
+
+def keep_methods(result: dict, methods: Collection[str]) -> dict:
+  """``result`` with only ``methods``' points, tuning records and missing points: e.g. an
+  older frontier's baselines, to merge with projected points rerun at a new default.
+
+  Raises ValueError naming any of ``methods`` that ``result`` has no point of.
+  """
+  absent = sorted(set(methods) - {p["method"] for p in result["points"]})
+  if absent:
+    raise ValueError(f"no points of {absent}; it has {sorted(_grouped(result['points']))}")
+  kept = dict(result)
+  kept["points"] = [p for p in result["points"] if p["method"] in methods]
+  kept["tuning"] = [t for t in result.get("tuning", []) if t["method"] in methods]
+  # Missing points are run names, "<method>_b<budget>...".
+  kept["missing"] = [
+    m for m in result.get("missing", []) if any(m.startswith(f"{x}_b") for x in methods)
+  ]
+  return kept
 
 
 def _projector_rate(result: dict) -> float | None:
