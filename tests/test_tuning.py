@@ -114,36 +114,30 @@ def test_confirming_the_best_trials_on_every_seed_outvotes_a_lucky_first_seed(
   tiny_config, tmp_path, monkeypatch, confirm_top, chosen
 ):
   monkeypatch.setattr(arms.run, "train_and_evaluate", _LuckyFirstSeed(tiny_config))
-  totals = []  # The N of the "point k/N" progress lines.
+  totals = []  # The N of the "point k/N" progress lines, and how many were left to train.
   monkeypatch.setattr(
     frontier,
     "PointProgress",
-    lambda total, **kw: totals.append(total) or PointProgress(total, **kw),
+    lambda total, **kw: totals.append((total, kw["to_train"])) or PointProgress(total, **kw),
   )
   grid = tuning.Grid(learning_rates=(3e-4, 1e-3, 8e-3), dropouts=(0.0,))
-  result = frontier.frontier(
-    tiny_config,
-    str(tmp_path),
-    (1.0,),
-    [0],
-    [0, 1, 2],
-    ("universal",),
-    grid=grid,
-    confirm_top=confirm_top,
-  )
+  args = (tiny_config, str(tmp_path), (1.0,), [0], [0, 1, 2], ("universal",))
+  result = frontier.frontier(*args, grid=grid, confirm_top=confirm_top)
   (tuned,) = result["tuning"]
   assert tuned["chosen"]["learning_rate"] == chosen
   assert {p["settings"]["learning_rate"] for p in result["points"]} == {chosen}
   trained = [d for d in os.listdir(tmp_path) if d.startswith("universal_")]
   if confirm_top == 1:  # Seed 0's choice trains seeds 1 and 2: 3 trials + 2 seeds.
-    assert "confirmation" not in tuned and len(trained) == 5 and totals == [5]
+    assert "confirmation" not in tuned and len(trained) == 5 and totals == [(5, 5)]
     return
   # Seed 0's two best (8e-3, 1e-3) on every seed: 8e-3's mean is 2.3, 1e-3's 2.001.
   means = {c["settings"]["learning_rate"]: c["mean"] for c in tuned["confirmation"]}
   assert means == pytest.approx({8e-3: 2.3, 1e-3: 2.001})
   assert [c["seeds"] for c in tuned["confirmation"]] == [[0, 1, 2]] * 2
   assert len(trained) == 7 and not any("lr0.0003_seed1" in d for d in trained)
-  assert totals == [7]  # The progress count includes the confirmation runs.
+  assert totals == [(7, 7)]  # The progress count includes the confirmation runs.
+  frontier.frontier(*args, grid=grid, confirm_top=confirm_top)
+  assert totals[-1] == (7, 0)  # Rerun: every point reused, none left to train.
   md = (tmp_path / "frontier.md").read_text()
   assert "**dropout 0, learning_rate 0.001: 2.0010 (2.0000 / 2.0010 / 2.0020)**" in md
   assert "dropout 0, learning_rate 0.008: 2.3000 (1.9000 / 2.5000 / 2.5000)" in md

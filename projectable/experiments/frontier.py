@@ -166,9 +166,10 @@ class _Runner:
   ``train=False`` or for another shard's points, reports finished ones and names the rest
   as missing."""
 
-  def __init__(self, total: int, train: bool, shard: Shard = WHOLE):
+  def __init__(self, total: int, train: bool, shard: Shard = WHOLE, finished: int = 0):
     self.train, self.shard = train, shard
-    self.progress = PointProgress(total, processes=shard.count)
+    to_train = max(total - finished, 0)
+    self.progress = PointProgress(total, processes=shard.count, to_train=to_train)
     self.records: dict[str, dict | None] = {}
     self.missing: list[str] = []
 
@@ -179,8 +180,7 @@ class _Runner:
     return self.records[name]
 
   def _run(self, point: Point, name: str) -> dict | None:
-    runs = [p for p in (point.source, point) if p is not None]
-    to_train = any(arms.finished_metrics(p.config, p.workdir) is None for p in runs)
+    to_train = not _finished(point)
     if to_train and not (self.train and self.shard.owns(point)):
       self.missing.append(name)
       return None
@@ -310,7 +310,7 @@ def frontier(
   by_key = {(p.method, p.budget, p.seed, p.settings): p for p in points}
   seeds_at = lambda b: _seeds_at(b, ladder, seeds, top_seeds, multi_seed_from)
   total = _planned_runs(methods, ladder, tuned, seeds_at, grid, confirm_top)
-  runner = _Runner(total, train, shard)
+  runner = _Runner(total, train, shard, sum(map(_finished, points)))
   chosen, trials_record = _tune(runner, by_key, methods, tuned, seeds_at, grid, confirm_top)
   records = []
   for budget in ladder:
@@ -343,6 +343,12 @@ def frontier(
     result["trained_source"] = _trained_source(source_workdir)
   frontier_report.write(result, workdir)
   return result
+
+
+def _finished(point: Point) -> bool:
+  """Whether ``point`` (and the source it builds on) finished: a rerun reuses it."""
+  runs = [p for p in (point.source, point) if p is not None]
+  return all(arms.finished_metrics(p.config, p.workdir) is not None for p in runs)
 
 
 def _planned_runs(
