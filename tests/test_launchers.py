@@ -189,7 +189,7 @@ def test_a_polling_shard_runs_again_until_nothing_is_missing(tmp_path, run_launc
   assert calls == [frontier.Shard(1, 2)] * 3 and naps == [7, 7]
 
 
-def test_merge_keeps_the_methods_named_per_frontier(tmp_path, run_launcher, capsys):
+def test_merge_keeps_the_methods_named_per_frontier(tmp_path, run_launcher):
   def frontier_json(name, points, **fields):
     result = {
       "dataset": "digits",
