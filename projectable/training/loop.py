@@ -252,7 +252,9 @@ def _log_start(config, trainer: Trainer, state: dict, start: int, workdir: str) 
     train.examples_per_task,
     sizes,
   )
-  logging.info("workdir %s (TensorBoard: tensorboard --logdir %s)", workdir, workdir)
+  # One path per line: a long workdir then still fits the console's 200 characters.
+  logging.info("workdir %s", workdir)
+  logging.info("TensorBoard: tensorboard --logdir %s", workdir)
   if start < train.num_steps:
     logging.info("compiling the train step (step %d/%d next) ...", start + 1, train.num_steps)
 
