@@ -1,5 +1,6 @@
 """Equal tuning on validation, Welch's test and the ladder-extension rule of the frontier."""
 
+import fcntl
 import json
 import math
 import os
@@ -314,3 +315,60 @@ def test_shards_sharing_a_workdir_train_disjoint_points_and_complete_the_frontie
     frontier.Shard.parse("2")
   with pytest.raises(ValueError, match="want 0 <= index < count"):
     frontier.Shard.parse("2/2")
+
+
+def _hold_lock(workdir: str) -> int:
+  """Another process's writer lock on ``workdir`` (flock is per open file): its fd."""
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, ".writer_lock"), os.O_RDWR | os.O_CREAT)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    raise
+  return fd
+
+
+def test_any_shard_leaves_points_another_process_holds_and_trains_each_once(
+  tiny_config, tmp_path, monkeypatch
+):
+  stand_in, trained, sources = _Disagreeing(tiny_config), [], []
+
+  def record(config, workdir):
+    if "shared" in workdir:  # While an any/N shard trains it, no other process gets its lock.
+      with pytest.raises(BlockingIOError):
+        os.close(_hold_lock(workdir))
+    trained.append(os.path.basename(workdir))
+    if config.init.source_workdir:
+      sources.append(config.init.source_workdir)
+    return stand_in(config, workdir)
+
+  monkeypatch.setattr(arms.run, "train_and_evaluate", record)
+  run = lambda workdir, shard: frontier.frontier(
+    tiny_config,
+    workdir,
+    (0.5, 1.0),
+    seeds=[0],
+    top_seeds=[0, 1],
+    methods=("universal", "weight_selection_ft"),
+    grid=tuning.Grid(learning_rates=(1e-3, 8e-3), dropouts=(0.0,), source_shares=(0.5,)),
+    confirm_top=2,
+    shard=frontier.Shard.parse(shard),
+  )
+  whole = run(str(tmp_path / "whole"), "0/1")
+  everything, trained[:] = list(trained), []
+  shared = tmp_path / "shared"
+  # Another process trains the first universal trial and the first source meanwhile.
+  busy = [str(shared / everything[0]), sources[0]]
+  assert everything[0].startswith("universal_")
+  fds = [_hold_lock(w.replace(str(tmp_path / "whole"), str(shared))) for w in busy]
+  first = run(str(shared), "any/2")
+  assert os.path.basename(busy[0]) in first["missing"]
+  built_on_busy = [n for n in first["missing"] if n.startswith("weight_selection_ft_")]
+  assert built_on_busy and not set(first["missing"]) & set(trained)
+  for fd in fds:
+    os.close(fd)  # That process died: its points are free again.
+  for _ in range(3):
+    result = run(str(shared), "any/2")
+  assert result["missing"] == [] and result["tuning"] == whole["tuning"]
+  assert sorted(trained) == sorted(everything)  # Every run trained once, none twice.

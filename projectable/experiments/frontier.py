@@ -41,8 +41,9 @@ Writes DIR/frontier.{json,md,png}; ``merge`` joins frontiers
 run apart (e.g. methods on different machines) on the same budget ladder.
 
 ``Shard`` splits one frontier over processes sharing its workdir (a SLURM array, one
-process per core): each trains the points it owns and reports every finished one; a
-choice waits for the trials of every shard, so a shard reruns until nothing is missing.
+process per core): each trains the points it owns (``i/N``: by hash; ``any/N``: any point
+no other process is training) and reports every finished one; a choice waits for the
+trials of every shard, so a shard reruns until nothing is missing.
 """
 
 from __future__ import annotations
@@ -180,16 +181,24 @@ class _Runner:
     return self.records[name]
 
   def _run(self, point: Point, name: str) -> dict | None:
-    to_train = not _finished(point)
-    if to_train and not (self.train and self.shard.owns(point)):
-      self.missing.append(name)
-      return None
-    self.progress.start(len(self.records) + 1, name + ("" if to_train else " (finished: reused)"))
+    unfinished = _unfinished(point)
+    if not unfinished:
+      return self._train(point, name, timed=False)
+    if self.train:
+      with self.shard.claim(point, unfinished) as mine:
+        if mine:  # Another process may have finished it since: then it is reused.
+          return self._train(point, name, timed=bool(_unfinished(point)))
+    self.missing.append(name)
+    return None
+
+  def _train(self, point: Point, name: str, timed: bool) -> dict:
+    """Trains (or with ``timed`` False reuses) ``point``, logging "point k/N"."""
+    self.progress.start(len(self.records) + 1, name + ("" if timed else " (finished: reused)"))
     source = None
     if point.source is not None:
       source = arms.run_arm(point.source.config, point.source.workdir)
     record = _record(point, arms.run_arm(point.config, point.workdir), source)
-    self.progress.done(timed=to_train)
+    self.progress.done(timed=timed)
     return record
 
 
@@ -345,10 +354,15 @@ def frontier(
   return result
 
 
+def _unfinished(point: Point) -> list[str]:
+  """Workdirs of ``point``'s runs (its source first) that have not finished."""
+  runs = [p for p in (point.source, point) if p is not None]
+  return [p.workdir for p in runs if arms.finished_metrics(p.config, p.workdir) is None]
+
+
 def _finished(point: Point) -> bool:
   """Whether ``point`` (and the source it builds on) finished: a rerun reuses it."""
-  runs = [p for p in (point.source, point) if p is not None]
-  return all(arms.finished_metrics(p.config, p.workdir) is not None for p in runs)
+  return not _unfinished(point)
 
 
 def _planned_runs(

@@ -13,15 +13,17 @@ A ``Shard`` says which of several processes sharing the workdir trains a point.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import zlib
+from collections.abc import Collection, Iterator
 
 import ml_collections
 
 from projectable import data as data_lib
 from projectable.experiments import arms, tuning
-from projectable.training import warmstart
+from projectable.training import warmstart, workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,26 +44,50 @@ class Point:
 class Shard:
   """Process ``index`` of ``count`` sharing a frontier's workdir. It trains the points whose
   run hashes to it; the methods built on a source go by their source's run, so the trials
-  that share a source run in the shard that trains it."""
+  that share a source run in the shard that trains it. With ``index`` None (``any/N``)
+  each process trains whichever missing point no other is training: it claims the point's
+  workdir lock (and its unfinished source's) first, so shards stay busy when some points
+  are already finished or slower than others."""
 
-  index: int = 0
+  index: int | None = 0  # None: any point no other process holds.
   count: int = 1
 
   def __post_init__(self):
-    if not 0 <= self.index < self.count:
+    if self.count < 1 or not (self.index is None or 0 <= self.index < self.count):
       raise ValueError(f"shard {self.index}/{self.count}: want 0 <= index < count")
 
   @classmethod
   def parse(cls, text: str) -> Shard:
-    """``'i/n'`` -> Shard(i, n)."""
+    """``'i/n'`` -> Shard(i, n); ``'any/n'`` -> Shard(None, n)."""
     index, sep, count = text.partition("/")
-    if not (sep and index.isdigit() and count.isdigit()):
-      raise ValueError(f"shard {text!r}: want INDEX/COUNT, e.g. 0/2")
-    return cls(int(index), int(count))
+    if not (sep and (index.isdigit() or index == "any") and count.isdigit()):
+      raise ValueError(f"shard {text!r}: want INDEX/COUNT or any/COUNT, e.g. 0/2")
+    return cls(None if index == "any" else int(index), int(count))
 
   def owns(self, point: Point) -> bool:
+    """Whether ``point`` is this process's by its run's hash (every point with ``any``)."""
+    if self.index is None:
+      return True
     run = os.path.basename((point.source or point).workdir)
     return zlib.crc32(run.encode()) % self.count == self.index
+
+  @contextlib.contextmanager
+  def claim(self, point: Point, unfinished: Collection[str]) -> Iterator[bool]:
+    """Whether this process trains ``point`` now, holding with ``any`` the workdir locks of
+    its runs in ``unfinished`` (the point, its source) until the block ends."""
+    if self.index is not None:
+      yield self.owns(point)
+      return
+    held = []
+    try:
+      for workdir in unfinished:
+        if not workdir_lock.try_claim(workdir, "frontier point"):
+          break
+        held.append(workdir)
+      yield len(held) == len(unfinished)
+    finally:
+      for workdir in reversed(held):
+        workdir_lock.release(workdir)
 
 
 WHOLE = Shard()  # One process trains every point.

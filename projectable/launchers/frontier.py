@@ -9,6 +9,7 @@ r"""Test bits/dim against training FLOPs: every method at a ladder of budgets.
       --multi_seed_from=1/4 --extend_until_converged --max_budget=16
   taskset -c 0 projectable-frontier --config=digits --workdir=DIR --shard=0/2 --poll_s=60 &
   taskset -c 1 projectable-frontier --config=digits --workdir=DIR --shard=1/2 --poll_s=60
+  # or --shard=any/2 in both: each takes whichever point no other process is training
 
 Every method is tuned alike on validation bits/dim (never test): at each budget of
 --tune_budgets (default: all) it trains every learning rate of --learning_rates with
@@ -123,7 +124,8 @@ flags.DEFINE_string(
   "shard",
   "0/1",
   "INDEX/COUNT: this process trains only its share of the points (e.g. one process per core "
-  "or a SLURM array task each, all on one --workdir) and reports every finished one.",
+  "or a SLURM array task each, all on one --workdir) and reports every finished one; "
+  "any/COUNT: any point no other process is training (balanced when some are finished).",
 )
 flags.DEFINE_integer(
   "poll_s",
