@@ -375,5 +375,7 @@ def plot(result: dict, path: str) -> None:
     if result["points"]:  # A report of unfinished points only has no lines to name.
       ax.legend(fontsize="small")
   fig.suptitle(f"{result['dataset']}: test bits/dim against training compute")
-  fig.tight_layout()
+  # Fixed margins: tight_layout measured every label and took 45% of the plot's time, and a
+  # frontier redraws it at every (polling) report.
+  fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.9, wspace=0.18)
   fig.savefig(path, dpi=100)
