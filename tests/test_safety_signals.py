@@ -15,8 +15,6 @@ import jax
 import numpy as np
 import pytest
 
-from projectable.experiments.run import train_and_evaluate
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,13 +92,13 @@ def test_sigterm_while_compiling_stops_at_once_without_training(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "config.json"))  # Rerun: a fresh start.
 
 
-def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path, saved_states):
-  """Kills after a step and inside two checkpoint writes; reruns end bit-identical to an
-  uninterrupted run. The first launch, with --fresh, trains beside that reference."""
+def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path, saved_states, trained_tiny_run):
+  """Kills after a step and inside a checkpoint write; the rerun ends bit-identical to an
+  uninterrupted run (saving every third step: the saves do not change the training). The
+  first launch, with --fresh, trains beside that reference."""
   rng = np.random.default_rng(8)
-  tiny_config.train.checkpoint_every = 1
-  reference, workdir = str(tmp_path / "run"), str(tmp_path / "run-1")
-  expected = train_and_evaluate(tiny_config, reference)
+  reference, workdir = str(tmp_path), str(tmp_path) + "-1"
+  expected = trained_tiny_run
   flags = ["--config.train.checkpoint_every=1"]
   ckpt_dir = os.path.join(workdir, "checkpoints")
 
@@ -118,17 +116,16 @@ def test_sigkill_at_any_moment_loses_no_work(tiny_config, tmp_path, saved_states
   proc.kill()
   assert proc.wait() == -signal.SIGKILL
   assert _logged(log, re.escape(f"training in {workdir}")) and latest() < 6
-  for n in (2, 3):  # 2, 3. Inside the checkpoint write of a seeded step.
-    log, target = str(tmp_path / f"log{n}"), int(rng.integers(latest() + 1, 7))
-    proc = _launch(workdir, log, *flags)
-    # A step comes after the removal of the unfinished writes of the last kill.
-    assert _wait_until(proc, log, lambda f=log: _logged(f, r"step \d/\d+ loss="), poll=0.01)
-    unfinished = os.path.join(ckpt_dir, f"{target}.orbax-checkpoint-tmp*")
-    assert _wait_until(proc, log, lambda p=unfinished: glob.glob(p))
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL
-    assert glob.glob(unfinished) and latest() < target, "the kill missed the checkpoint write"
-  proc = _launch(workdir, str(tmp_path / "log4"), *flags)
+  log, target = str(tmp_path / "log2"), int(rng.integers(latest() + 1, 7))
+  proc = _launch(workdir, log, *flags)  # 2. Inside the checkpoint write of a seeded step.
+  # A step comes after the removal of the unfinished writes of the first kill.
+  assert _wait_until(proc, log, lambda: _logged(log, r"step \d/\d+ loss="), poll=0.01)
+  unfinished = os.path.join(ckpt_dir, f"{target}.orbax-checkpoint-tmp*")
+  assert _wait_until(proc, log, lambda: glob.glob(unfinished))
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  assert glob.glob(unfinished) and latest() < target, "the kill missed the checkpoint write"
+  proc = _launch(workdir, str(tmp_path / "log3"), *flags)  # 3. Cleans up and finishes.
   assert proc.wait() == 0
   assert not writes()
   want, got = (
