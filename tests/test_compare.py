@@ -57,6 +57,17 @@ def test_compare_charges_each_arm_its_flops_and_reuses_finished_runs(tiny_config
   assert os.path.getmtime(os.path.join(workdir, "universal_seed0", "eval", "metrics.json")) == mtime
 
 
+def _stand_in_metrics(config, train_flops: float) -> dict:
+  """What a finished run of ``config`` returns, without training: 2 bits/dim on every task."""
+  return {
+    "bits_per_dim": {"mean": 2.0, "per_task": {str(t): 2.0 for t in range(10)}},
+    "num_params": {"small": 1},
+    "train_flops": train_flops,
+    "final_step": {"step": config.train.num_steps},
+    "wall_s": 0.0,
+  }
+
+
 def test_every_arm_gets_a_valid_config_at_matched_flops_and_a_report_row(
   tiny_config, tmp_path, monkeypatch
 ):
@@ -68,15 +79,7 @@ def test_every_arm_gets_a_valid_config_at_matched_flops_and_a_report_row(
   def fake_run(config, workdir):
     validation.validate(config)
     configs[os.path.basename(workdir)] = config
-    flops = config.train.num_steps * arms.step_flops(config, data)
-    per_task = {str(t): 2.0 for t in range(10)}
-    return {
-      "bits_per_dim": {"mean": 2.0, "per_task": per_task},
-      "num_params": {"small": 1},
-      "train_flops": flops,
-      "final_step": {"step": config.train.num_steps},
-      "wall_s": 0.0,
-    }
+    return _stand_in_metrics(config, config.train.num_steps * arms.step_flops(config, data))
 
   monkeypatch.setattr(arms, "run_arm", fake_run)
   monkeypatch.setattr(arms, "weight_selection", lambda *args: fake_run(tiny_config, "ws"))
@@ -125,14 +128,7 @@ def test_compare_logs_each_point_of_how_many(tiny_config, tmp_path, monkeypatch,
 
   def fake_run(config, workdir):
     ran.append(os.path.basename(workdir))
-    per_task = {str(t): 2.0 for t in range(10)}
-    return {
-      "bits_per_dim": {"mean": 2.0, "per_task": per_task},
-      "num_params": {"small": 1},
-      "train_flops": 1.0,
-      "final_step": {"step": config.train.num_steps},
-      "wall_s": 0.0,
-    }
+    return _stand_in_metrics(config, 1.0)
 
   monkeypatch.setattr(arms, "run_arm", fake_run)
   monkeypatch.setattr(arms, "weight_selection", lambda *args: fake_run(tiny_config, "ws"))
