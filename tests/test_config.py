@@ -135,6 +135,7 @@ BAD = {
   "train.grad_clip": NOT_NUMBER | NEGATIVE | st.just(0.0),
   "train.projector_lr_scale": NOT_NUMBER.filter(lambda v: v is not None) | NEGATIVE | st.just(0.0),
   "projector.scales_about_one": st.none() | st.integers() | st.text(max_size=4),
+  "projector.match_rms": st.none() | st.integers() | st.text(max_size=4),
   "train.freeze_source": st.none() | st.integers() | st.text(max_size=4),
   "train.unroll_layers": st.none() | st.integers() | st.text(max_size=4),
   "train.remat": st.none() | st.integers() | st.text(max_size=4),
@@ -191,3 +192,6 @@ def test_the_projectors_rate_defaults_by_lambda_and_old_runs_keep_theirs():
   saved = config.to_dict()
   del saved["train"]["projector_lr_scale"]
   assert config_lib.with_defaults(saved)["train"]["projector_lr_scale"] == 1.0
+  # ... and one saved before match_rms existed projected without rescaling.
+  del saved["projector"]["match_rms"]
+  assert config_lib.with_defaults(saved)["projector"]["match_rms"] is False

@@ -178,3 +178,32 @@ def test_scales_about_one_are_the_selection_and_ignore_the_maps_column_sums():
   np.testing.assert_allclose(about_one["final_ln_scale"], 1.0, rtol=1e-6)
   # Everything else is projected alike.
   np.testing.assert_allclose(about_one["blocks"]["w1"], plain["blocks"]["w1"], rtol=1e-6)
+
+
+def test_match_rms_is_the_identity_at_init_and_sets_each_layers_size_after_mixing():
+  source = _source_params()
+  proj = projector.init_projector(SRC, SMALL, projector.ProjectorConfig(3), jax.random.key(2))
+  tasks = jnp.eye(10)[:4]
+  matched = lambda p: projector.match_selection_rms(
+    projector.project_tasks(source, p, tasks), source, SRC, SMALL
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    matched(proj),
+    projector.project_tasks(source, proj, tasks),
+  )
+  # Mixed maps (every source coordinate in every small one) change the projected sizes ...
+  mixed = _perturbed(proj)
+  plain, scaled = projector.project_tasks(source, mixed, tasks), matched(mixed)
+  selected = projector.select_subnetwork(source, SRC, SMALL, tasks[0])["blocks"]
+  rms = lambda w: np.sqrt(np.mean(np.square(np.asarray(w)), axis=(-2, -1)))
+  for name in ("wq", "wk", "wv", "wo", "w1", "w2"):
+    assert np.all(np.abs(rms(plain["blocks"][name]) / rms(selected[name]) - 1) > 0.1), name
+    # ... rescaled, each task's layer has its selection's RMS and the mixed direction.
+    want_MxL = np.broadcast_to(rms(selected[name]), (4, SRC.depth))
+    np.testing.assert_allclose(rms(scaled["blocks"][name]), want_MxL, rtol=1e-5)
+    ratio = np.asarray(scaled["blocks"][name]) / np.asarray(plain["blocks"][name])
+    np.testing.assert_allclose(ratio, ratio[..., :1, :1] * np.ones_like(ratio), rtol=1e-4)
+  # Everything but the block matrices is left as projected.
+  np.testing.assert_array_equal(scaled["token_embed"], plain["token_embed"])
+  np.testing.assert_array_equal(scaled["blocks"]["b1"], plain["blocks"]["b1"])

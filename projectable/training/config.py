@@ -124,6 +124,9 @@ def _add_method(c: ConfigDict) -> None:
   # Project LayerNorm scales as deviations from 1 (core/projector.shift_scales): the residual
   # map's column sums then no longer move every layer's scales together (docs/method.md).
   c.projector.scales_about_one = False
+  # Rescale each projected block matrix to the RMS of the source sub-matrix its maps start from
+  # (core/projector.match_selection_rms): the maps set directions, the source the size.
+  c.projector.match_rms = False
 
   c.sharding = ConfigDict()
   # Logical axis -> mesh axis ('' = replicated). FSDP: embed='data'. The small model's
@@ -194,4 +197,6 @@ def with_defaults(saved: dict) -> dict:
   filled = fill(saved, json.loads(base_config().to_json_best_effort()))
   if "projector_lr_scale" not in saved.get("train", {}):  # Trained at 1 before it existed.
     filled["train"] = {**filled["train"], "projector_lr_scale": 1.0}
+  if "match_rms" not in saved.get("projector", {}):  # Projected unscaled before it existed.
+    filled["projector"] = {**filled["projector"], "match_rms": False}
   return filled

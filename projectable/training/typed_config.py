@@ -101,7 +101,7 @@ def small_config(
 
 def projector_config(config: ml_collections.ConfigDict) -> ProjectorConfig:
   p = config.projector
-  return ProjectorConfig(p.rank, p.form, p.code_std, p.scales_about_one)
+  return ProjectorConfig(p.rank, p.form, p.code_std, p.scales_about_one, p.match_rms)
 
 
 def _model_config(

@@ -251,12 +251,9 @@ def _validate_projector(config: ConfigDict) -> None:
     "must be an integer >= 0",
   )
   _one_of(config, "projector.form", FORMS)
-  _check(
-    isinstance(config.projector.scales_about_one, bool),
-    "projector.scales_about_one",
-    config.projector.scales_about_one,
-    "must be True or False",
-  )
+  for flag in ("scales_about_one", "match_rms"):
+    value = config.projector[flag]
+    _check(isinstance(value, bool), f"projector.{flag}", value, "must be True or False")
   _number_at_least(config, "projector.code_std", 0)
   _number_at_least(config, "samples.temperature", 0)
   _check(

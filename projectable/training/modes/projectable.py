@@ -91,11 +91,17 @@ class ProjectableMethod(Method):
 
   def _project(self, project, params: dict, tasks: jax.Array) -> dict:
     """``project`` (``projector.project`` or ``project_tasks``) of ``params`` for ``tasks``,
-    LayerNorm scales about one where the projector config says so."""
+    LayerNorm scales about one and matrices at their selection's RMS where the projector
+    config says so."""
+    source = params["source"]
     if not self.proj.scales_about_one:
-      return project(params["source"], params["projector"], tasks)
-    shifted = projector.shift_scales(params["source"], -1.0)
-    return projector.shift_scales(project(shifted, params["projector"], tasks), 1.0)
+      small = project(source, params["projector"], tasks)
+    else:
+      shifted = projector.shift_scales(source, -1.0)
+      small = projector.shift_scales(project(shifted, params["projector"], tasks), 1.0)
+    if self.proj.match_rms:
+      small = projector.match_selection_rms(small, source, self.src, self.small)
+    return small
 
   @property
   def trains_source_loss(self) -> bool:
