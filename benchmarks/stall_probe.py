@@ -4,14 +4,16 @@ r"""Issue #29's λ = 0 stall, measured inside the projected model while it train
   PYTHONPATH=. python benchmarks/stall_probe.py --mode=projectable --lr=2e-2 \
     --overrides=projector.match_rms=True
   PYTHONPATH=. python benchmarks/stall_probe.py --mode=universal --lr=2e-2
+  PYTHONPATH=. python benchmarks/stall_probe.py --dataset=fashion_mnist --steps=300 --lr=2e-2
 
 The tiny digits config with digits' source width (d=96, 4 heads, MLP 384; small d=16,
-depth 2), λ = 0, warmup 10, one seed. Every ``--every`` steps it prints one JSON line for
-task 0's specialist (or the universal model) on a fixed train batch: the mean train loss of
-the last 20 steps, the embeddings' and each layer's residual-stream RMS, the attention's and
-the MLP's output RMS, the largest attention logit and the mean attention entropy, the block
-matrices' Frobenius norms; for projection also the maps' column norms and the source's
-matrices. ``--source_lr_scale`` / ``--projector_lr_scale`` set the two groups' rates.
+depth 2), λ = 0, warmup 10, one seed (or Fashion-MNIST's cpu variant without dropout).
+Every ``--every`` steps it prints one JSON line for task 0's specialist (or the universal
+model) on a fixed train batch: the mean train loss of the last 20 steps, the embeddings'
+and each layer's residual-stream RMS, the attention's and the MLP's output RMS, the largest
+attention logit and the mean attention entropy, the block matrices' Frobenius norms, the
+LayerNorm scales and the output logits; for projection also the maps' column norms and the
+source's matrices. ``--source_lr_scale`` / ``--projector_lr_scale`` set the two groups' rates.
 Figures: docs/method.md ("Why λ = 0 stalls").
 """
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from configs import digits
+from configs import digits, fashion_mnist
 from projectable import data as data_lib
 from projectable.core import model
 from projectable.data import pipeline
@@ -38,6 +40,13 @@ MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2")
 
 def _define_flags() -> None:
   flags.DEFINE_enum("mode", "projectable", ["projectable", "universal"], "What trains.")
+  flags.DEFINE_enum(
+    "dataset",
+    "digits",
+    ["digits", "fashion_mnist"],
+    "digits: tiny at digits' source width; "
+    "fashion_mnist: its cpu variant without dropout (warmup 50).",
+  )
   flags.DEFINE_float("lr", 2e-2, "Peak learning rate.")
   flags.DEFINE_integer("steps", 150, "Train steps (the cosine schedule's length).")
   flags.DEFINE_integer("every", 25, "Steps between probes.")
@@ -47,11 +56,16 @@ def _define_flags() -> None:
 
 
 def probe_config():
-  """The tiny config at digits' source width, λ = 0, with the flags' settings."""
-  c = digits.get_config("tiny")
-  c.model.update(d=96, heads=4, mlp_dim=384)
+  """The probed config, λ = 0, with the flags' settings."""
+  if FLAGS.dataset == "digits":
+    c = digits.get_config("tiny")
+    c.model.update(d=96, heads=4, mlp_dim=384)
+    c.train.warmup_steps = 10
+  else:
+    c = fashion_mnist.get_config("cpu")
+    c.model.dropout = c.small.dropout = 0.0
   c.lambda_source, c.mode = 0.0, FLAGS.mode
-  c.train.update(num_steps=FLAGS.steps, warmup_steps=10, learning_rate=FLAGS.lr)
+  c.train.update(num_steps=FLAGS.steps, learning_rate=FLAGS.lr)
   c.train.projector_lr_scale = FLAGS.projector_lr_scale
   for item in FLAGS.overrides:
     field, value = item.split("=")
@@ -71,7 +85,7 @@ def block_stats(w: dict, heads: int, tokens_NxL: jax.Array, task_C: jax.Array) -
   start_Nx1xD = jnp.broadcast_to(start_D, (n, 1, start_D.shape[-1]))
   x = jnp.concatenate([start_Nx1xD, prev_NxLxD], 1) + w["pos_embed"][None, :length]
   rms = lambda a: float(jnp.sqrt(jnp.mean(jnp.square(a))))
-  out = {"embed_rms": rms(x)}
+  out = {"embed_rms": rms(x), "token_embed_fro": float(jnp.linalg.norm(w["token_embed"]))}
   causal_LxL = jnp.tril(jnp.ones((length, length), bool))
   for layer in range(w["blocks"]["wq"].shape[0]):
     wl = {k: v[layer] for k, v in w["blocks"].items()}
@@ -93,9 +107,16 @@ def block_stats(w: dict, heads: int, tokens_NxL: jax.Array, task_C: jax.Array) -
       f"l{layer}_attn_rms": rms(attn),
       f"l{layer}_mlp_rms": rms(mlp),
       f"l{layer}_resid_rms": rms(x),
+      f"l{layer}_ln_scale_max": float(jnp.abs(jnp.stack([wl["ln1_scale"], wl["ln2_scale"]])).max()),
       **{f"l{layer}_{m}_fro": float(jnp.linalg.norm(wl[m])) for m in MATRICES},
     }
-  return out
+  final = model.layer_norm(x, w["final_ln_scale"], w["final_ln_bias"])
+  logits = final @ w["unembed"] + w["unembed_bias"]
+  return out | {
+    "final_ln_scale_max": float(jnp.abs(w["final_ln_scale"]).max()),
+    "unembed_fro": float(jnp.linalg.norm(w["unembed"])),
+    "logit_std": float(logits.std(-1).mean()),
+  }
 
 
 def projector_stats(params: dict) -> dict:
@@ -121,7 +142,8 @@ def main(argv: list[str]) -> None:
       scales["source"] = jax.tree.map(lambda _: FLAGS.source_lr_scale, scales["source"])
       method.lr_scales = lambda: scales
     trainer = trainer_lib.Trainer(method, mesh)
-    batcher = pipeline.TaskBatch(data, config.train.batch_tasks, 4, config.seed)
+    train = config.train
+    batcher = pipeline.TaskBatch(data, train.batch_tasks, train.examples_per_task, config.seed)
     fixed = batcher(10**6)  # A batch no step trains on.
     tokens_NxL, task_C = jnp.asarray(fixed["tokens"][0]), jnp.asarray(fixed["task"][0])
     state, losses = trainer.init_state(jax.random.key(config.seed)), []
