@@ -146,7 +146,7 @@ def test_projector_lr_scale_scales_only_the_projectors_updates(tiny_config):
 
 def test_lambda0_at_the_universal_models_rate_stalls_unless_projections_match_rms(tiny_config):
   """The stall of issue 29 at tiny size with digits' source width: at λ = 0 and lr 2e-2 (the
-  universal model's best rate here) the projected MLP weights outgrow a small model's ~15x
+  universal model's best rate here) the projected MLP weights outgrow a small model's ~24x
   and training plateaus; rescaled to their selection's RMS it trains like universal."""
   tiny_config.model.update(d=96, heads=4, mlp_dim=384)
   tiny_config.lambda_source = 0.0
@@ -156,10 +156,11 @@ def test_lambda0_at_the_universal_models_rate_stalls_unless_projections_match_rm
     tiny_config.mode, tiny_config.projector.match_rms = mode, match_rms
     return float(np.mean(_run_steps(tiny_config, 60)[2][-20:]))
 
-  # Measured (nats per pixel, steps 40-59): 1.875 unscaled, 1.586 matched, 1.607 universal.
+  # Measured (nats per pixel, steps 40-59): 1.875 unscaled, 1.626 matched, 1.607 universal
+  # (at 150 steps matched is ahead of universal: 1.521 against 1.562, benchmarks/stall_probe.py).
   universal = late_loss("universal")
-  assert late_loss("projectable") > universal + 0.15
-  assert late_loss("projectable", match_rms=True) < universal + 0.02
+  assert late_loss("projectable") > universal + 0.2
+  assert late_loss("projectable", match_rms=True) < universal + 0.08
 
 
 def test_scales_about_one_route_every_projection_of_the_mode(tiny_config):
