@@ -40,7 +40,7 @@ class ProjectorConfig:
   form: str = "factored"  # 'factored' (U diag(z) V^T) or 'full' (k full bases).
   code_std: float = 1.0  # Initial scale of the per-class task codes.
   scales_about_one: bool = False  # Project LayerNorm scales as deviations from 1.
-  match_rms: bool = False  # Rescale projected weights to their selection's RMS.
+  match_rms: bool = False  # Rescale projected block matrices to their selection's RMS.
 
 
 LN_SCALES = ("ln1_scale", "ln2_scale")
@@ -315,42 +315,31 @@ def _rank(entry: dict) -> int:
   return entry["u"].shape[-1] if "u" in entry else 0
 
 
-# The weights match_selection_rms rescales: every one the maps mix (biases stay as projected).
-_MATCHED_BLOCKS = ("wq", "wk", "wv", "wo", "w1", "w2", "ln1_scale", "ln2_scale")
-_MATCHED = ("token_embed", "pos_embed", "unembed", "final_ln_scale")
-
-
 def match_selection_rms(
   small: dict, source: dict, src: ModelConfig, small_cfg: ModelConfig
 ) -> dict:
-  """``small`` (any leading task axes) with its matrices, embeddings and LayerNorm scales each
-  rescaled, per layer, to the RMS of the source weights its maps start from, the selection
-  (``ProjectorConfig.match_rms``).
+  """``small`` (any leading task axes) with each block matrix rescaled, per layer, to the RMS
+  of the source sub-matrix its maps start from (``ProjectorConfig.match_rms``).
 
   A projected entry sums many source entries through the maps, so once Adam aligns the maps
-  with the source's updates the specialists' weights grow far faster than a small model's
-  trained directly (digits' widths, lr 2e-2: MLP matrices 24x the universal model's after 25
-  steps, the residual stream ~1000x the embeddings; Fashion-MNIST: LayerNorm scales of 3-4,
-  the maps' column sums). Rescaled, the maps choose directions and the source's selected
-  entries, which move by about the rate per step like a small model's, set the size. At
-  initialisation it is the identity.
+  with the source's updates the specialists' matrices grow far faster than a small model's
+  trained directly (on digits' widths, MLP weights 24x the universal model's after 25 steps
+  at lr 2e-2, and the residual stream ~1000x its embeddings: the λ = 0 stall). Rescaled, the
+  maps choose directions and the source's selected entries, which move by about the rate
+  per step like a small model's, set the size. At initialisation it is the identity.
   """
-  selected = select_subnetwork(source, src, small_cfg, jnp.zeros(src.num_classes))
-  sel_blocks = selected["blocks"]
-  blocks = {
-    n: _match(small["blocks"][n], sel_blocks[n], sel_blocks[n].ndim - 1) for n in _MATCHED_BLOCKS
-  }
-  matched = {n: _match(small[n], selected[n], selected[n].ndim) for n in _MATCHED}
-  return {**small, **matched, "blocks": {**small["blocks"], **blocks}}
+  selected = _selected_matrices(source["blocks"], selection_indices(src, small_cfg))
+  blocks = dict(small["blocks"])
+  for name, sel_LxIxO in selected.items():
+    w = blocks[name]
+    target = _rms(sel_LxIxO).reshape((1,) * (w.ndim - 3) + (-1, 1, 1))
+    blocks[name] = w * (target / _rms(w))
+  return {**small, "blocks": blocks}
 
 
-def _match(w: jax.Array, selected: jax.Array, core: int) -> jax.Array:
-  """``w`` scaled to ``selected``'s RMS over their last ``core`` axes (``w`` may have more
-  leading axes: tasks)."""
-  axes = tuple(range(-core, 0))
-  rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + 1e-12)
-  target = rms(selected)
-  return w * (target.reshape((1,) * (w.ndim - target.ndim) + target.shape) / rms(w))
+def _rms(w: jax.Array) -> jax.Array:
+  """Root mean square over the last two axes, kept."""
+  return jnp.sqrt(jnp.mean(jnp.square(w), axis=(-2, -1), keepdims=True) + 1e-12)
 
 
 def _selected_matrices(blocks: dict, idx: dict[str, np.ndarray]) -> dict[str, jax.Array]:
