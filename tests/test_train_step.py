@@ -152,15 +152,14 @@ def test_lambda0_at_the_universal_models_rate_stalls_unless_projections_match_rm
   tiny_config.lambda_source = 0.0
   tiny_config.train.update(num_steps=60, warmup_steps=10, learning_rate=2e-2)
 
-  def late_loss(mode: str, match_rms: bool = False) -> float:
-    tiny_config.mode, tiny_config.projector.match_rms = mode, match_rms
+  def late_loss(match_rms: bool) -> float:
+    tiny_config.mode, tiny_config.projector.match_rms = "projectable", match_rms
     return float(np.mean(_run_steps(tiny_config, 60)[2][-20:]))
 
-  # Measured (nats per pixel, steps 40-59): 1.875 unscaled, 1.586 matched, 1.607 universal
-  # (at 150 steps matched is ahead of universal: 1.509 against 1.562, benchmarks/stall_probe.py).
-  universal = late_loss("universal")
-  assert late_loss("projectable") > universal + 0.2
-  assert late_loss("projectable", match_rms=True) < universal + 0.08
+  # Measured (nats per pixel, steps 40-59): 1.875 unscaled, 1.586 matched, and 1.607 for the
+  # universal model at this rate (at 150 steps: 1.854, 1.509 and 1.562; the universal run is
+  # left out to keep the suite short). The bound sits halfway between the two projections.
+  assert late_loss(match_rms=False) > 1.73 > late_loss(match_rms=True)
 
 
 def test_scales_about_one_route_every_projection_of_the_mode(tiny_config):
