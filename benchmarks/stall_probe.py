@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from configs import digits, fashion_mnist
 from projectable import data as data_lib
@@ -77,13 +78,12 @@ def probe_config():
   return c
 
 
-def block_stats(w: dict, heads: int, tokens_NxL: jax.Array, task_C: jax.Array) -> dict:
+def block_stats(cfg: model.ModelConfig, w: dict, tokens_NxL: jax.Array, task_C: jax.Array) -> dict:
   """What the residual stream and attention of the small weights ``w`` do on ``tokens``."""
-  start_D = task_C @ w["start_embed"] if w["start_embed"].shape[0] > 1 else w["start_embed"][0]
   n, length = tokens_NxL.shape
-  prev_NxLxD = jnp.take(w["token_embed"], tokens_NxL[:, :-1], axis=0)
-  start_Nx1xD = jnp.broadcast_to(start_D, (n, 1, start_D.shape[-1]))
-  x = jnp.concatenate([start_Nx1xD, prev_NxLxD], 1) + w["pos_embed"][None, :length]
+  task_NxC = jnp.broadcast_to(task_C, (n, task_C.shape[0])) if cfg.num_classes else None
+  x = nnx.merge(model.graphdef(cfg), w).embed(tokens_NxL, task_NxC)
+  heads = cfg.heads
   rms = lambda a: float(jnp.sqrt(jnp.mean(jnp.square(a))))
   out = {"embed_rms": rms(x), "token_embed_fro": float(jnp.linalg.norm(w["token_embed"]))}
   causal_LxL = jnp.tril(jnp.ones((length, length), bool))
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> None:
       projected = FLAGS.mode == "projectable"
       w = method.specialist(params, 0, task_C) if projected else params["small"]
       row = {"step": step, "late_loss": float(np.mean(losses[-20:]))}
-      row |= block_stats(w, method.small.heads, tokens_NxL, task_C)
+      row |= block_stats(method.small, w, tokens_NxL, task_C)
       row |= projector_stats(params) if projected else {}
       print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
 
